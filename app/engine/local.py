@@ -1,0 +1,280 @@
+"""The transformers engine: one worker thread owns the model and serves queued requests in order.
+
+The page opens while the weights load in the background; `status()` says how far it got.
+Preprocessing (chat template, image/video tensors) runs in the caller's thread, so the model
+worker only ever runs `generate`, and a slow upload never blocks other users' answers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from app.config import Settings
+from app.engine import ChatRequest, Delta, EngineStatus, Family, GenerationOptions
+from app.errors import UserFacingError
+from app.media import ImageInput, VideoInput
+
+log = logging.getLogger(__name__)
+
+# How often a waiting consumer gets control back (a heartbeat delta), in seconds. Not a
+# timeout: a long prefill simply produces more heartbeats.
+HEARTBEAT_SECONDS = 0.1
+END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+
+
+def choose_attention(want_flash: bool, cuda: bool, flash_installed: bool) -> tuple[str, str]:
+    """The attention implementation to load with, and why (logged once at start-up)."""
+    if not want_flash:
+        return "sdpa", "using SDPA attention"
+    if not cuda:
+        return "sdpa", "--flash-attn2 ignored: no CUDA device, using SDPA attention"
+    if not flash_installed:
+        return "sdpa", "--flash-attn2 ignored: flash_attn is not installed, using SDPA attention"
+    return "flash_attention_2", "using FlashAttention-2"
+
+
+def family_of(model_type: str) -> Family:
+    """Qwen2-VL answers grounding on a 0-1000 grid; Qwen2.5-VL and later in resized pixels."""
+    return "qwen2_vl" if model_type == "qwen2_vl" else "qwen2_5_vl"
+
+
+def check_checkpoint(path: str) -> Any:
+    """The checkpoint's config, or exit with a message that names the fix (no traceback)."""
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"error: cannot load the checkpoint {path!r} ({exc.__class__.__name__}).\n"
+            "Pass a local folder with -c/--checkpoint-path, check the network connection to "
+            "huggingface.co, or, offline, set HF_HUB_OFFLINE=1 with the model already in the "
+            "Hugging Face cache."
+        ) from None
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends generation at the next token once the request's stop event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> bool:
+        return self.event.is_set()
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """A TextIteratorStreamer that also counts the generated tokens (for the statistics)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(
+            tokenizer, skip_prompt=True, timeout=HEARTBEAT_SECONDS, skip_special_tokens=False
+        )
+        self.tokens = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.next_tokens_are_prompt:
+            self.tokens += value.numel()
+        super().put(value)
+
+
+@dataclass
+class _Job:
+    inputs: dict[str, Any]
+    options: GenerationOptions
+    streamer: _CountingStreamer
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+def generate_kwargs(options: GenerationOptions) -> dict[str, Any]:
+    """`generate` arguments for the request's sampling settings (temperature 0 = greedy)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": options.max_new_tokens,
+        "repetition_penalty": options.repetition_penalty,
+    }
+    if options.temperature > 0:
+        kwargs |= {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p}
+        if options.top_k > 0:
+            kwargs["top_k"] = options.top_k
+    else:
+        kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return kwargs
+
+
+class ModelWorker:
+    """The one thread that runs `generate`; jobs are served first come, first served."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._pending: list[_Job] = []
+        self._ready = threading.Condition()
+        threading.Thread(target=self._run, name="model-worker", daemon=True).start()
+
+    def submit(self, job: _Job) -> None:
+        with self._ready:
+            self._pending.append(job)
+            self._ready.notify()
+
+    def position(self, job: _Job) -> int | None:
+        """1-based place in the queue, or None once the job runs."""
+        with self._ready:
+            return self._pending.index(job) + 1 if job in self._pending else None
+
+    def _next_job(self) -> _Job:
+        with self._ready:
+            self._ready.wait_for(lambda: self._pending)
+            return self._pending.pop(0)
+
+    def _run(self) -> None:
+        while True:
+            job = self._next_job()
+            if job.stop.is_set():  # stopped or disconnected while waiting
+                job.streamer.end()
+                continue
+            try:
+                self._generate(job)
+            except Exception as exc:  # reaches the user through the job; the worker lives on
+                log.exception("generation failed")
+                job.error = exc
+                job.streamer.end()
+
+    @torch.inference_mode()
+    def _generate(self, job: _Job) -> None:
+        if job.options.seed is not None:
+            torch.manual_seed(job.options.seed)
+        inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v
+                  for k, v in job.inputs.items()}
+        self.model.generate(
+            **inputs,
+            **generate_kwargs(job.options),
+            streamer=job.streamer,
+            stopping_criteria=StoppingCriteriaList([_StopOnEvent(job.stop)]),
+        )
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return ("The model ran out of memory. Try fewer or smaller images, a shorter video, "
+                "or a lower --max-pixels / --max-frames.")
+    return f"Generation failed ({exc.__class__.__name__}: {exc}). Please try again."
+
+
+class LocalEngine:
+    """Qwen2-VL / Qwen2.5-VL through transformers, loaded in the background."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = check_checkpoint(settings.checkpoint_path)
+        self.family: Family = family_of(self.config.model_type)
+        self._status = EngineStatus("loading", f"Loading {settings.checkpoint_path}…")
+        self.processor: Any = None
+        self._worker: ModelWorker | None = None
+
+    def start(self, background: bool = True) -> LocalEngine:
+        if background:
+            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        else:
+            self._load()
+        return self
+
+    def status(self) -> EngineStatus:
+        return self._status
+
+    def _load(self) -> None:
+        try:
+            model, self.processor = load_model(self.settings)
+            self._worker = ModelWorker(model)
+            self._status = EngineStatus("ready", f"{self.settings.checkpoint_path} is ready.")
+        except Exception as exc:
+            log.exception("loading the model failed")
+            self._status = EngineStatus("failed", f"The model failed to load: {exc}")
+
+    @property
+    def model(self) -> Any:
+        return self._worker.model if self._worker else None
+
+    def encode(self, request: ChatRequest) -> dict[str, Any]:
+        """Model inputs for a request: chat template, image and video tensors."""
+        prompt = self.processor.apply_chat_template(
+            request.messages, tokenize=False, add_generation_prompt=True,
+            add_vision_id=request.add_vision_id,
+        )
+        return processor_inputs(self.processor, prompt, request.media)
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        if self._worker is None:
+            raise UserFacingError(self._status.message or "The model is still loading.")
+        job = _Job(self.encode(request), request.options, _CountingStreamer(self.processor))
+        self._worker.submit(job)
+        counted = 0
+        try:
+            while True:
+                try:
+                    text = next(job.streamer)
+                except queue.Empty:
+                    yield Delta(queue_position=self._worker.position(job))
+                    continue
+                except StopIteration:
+                    break
+                for marker in END_MARKERS:
+                    text = text.replace(marker, "")
+                tokens, counted = job.streamer.tokens - counted, job.streamer.tokens
+                yield Delta(text=text, tokens=tokens)
+            if job.error is not None:
+                raise UserFacingError(describe_failure(job.error))
+            if job.streamer.tokens > counted:
+                yield Delta(tokens=job.streamer.tokens - counted)
+        finally:
+            job.stop.set()
+
+
+def processor_inputs(
+    processor: Any, prompt: str, media: tuple[ImageInput | VideoInput, ...] | list
+) -> dict[str, Any]:
+    """Tensors for one prompt. Media arrive already resized, so the processor does not resize."""
+    images = [item.image for item in media if isinstance(item, ImageInput)]
+    videos = [item for item in media if isinstance(item, VideoInput)]
+    kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
+    if images:
+        kwargs["images"] = images
+        kwargs["images_kwargs"] = {"do_resize": False}
+    if videos:
+        kwargs["videos"] = [video.frames for video in videos]
+        kwargs["videos_kwargs"] = {
+            "do_resize": False,
+            "do_sample_frames": False,
+            "fps": [video.fps for video in videos],
+        }
+    return dict(processor(**kwargs))
+
+
+def load_model(settings: Settings) -> tuple[Any, Any]:
+    """Model and processor: bf16 on the GPU (`dtype="auto"`), float32 on the CPU."""
+    cuda = torch.cuda.is_available() and not settings.cpu_only
+    if not cuda and not settings.cpu_only:
+        log.warning("no CUDA device found: running on the CPU in float32 (slow)")
+    flash_installed = importlib.util.find_spec("flash_attn") is not None
+    attention, reason = choose_attention(settings.flash_attn2, cuda, flash_installed)
+    log.info(reason)
+    placement = {"dtype": "auto", "device_map": "auto"} if cuda else {
+        "dtype": torch.float32, "device_map": "cpu"}
+    model = AutoModelForImageTextToText.from_pretrained(
+        settings.checkpoint_path, attn_implementation=attention, **placement
+    ).eval()
+    processor = AutoProcessor.from_pretrained(settings.checkpoint_path)
+    return model, processor

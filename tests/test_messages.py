@@ -1,0 +1,140 @@
+"""History -> Qwen2-VL messages, checked against the Qwen2-VL README's expected prompts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from transformers import AutoProcessor
+
+from app.messages import (
+    content_parts,
+    conversation_messages,
+    history_to_messages,
+    is_notice,
+    media_items,
+    user_message_parts,
+)
+
+# The README's prompts ("Add ids for Multiple Image Inputs"), verbatim.
+README_PROMPT = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hello, how are you?<|im_end|>\n<|im_start|>assistant\nI'm doing well, thank you for asking. How can I assist you today?<|im_end|>\n<|im_start|>user\nCan you describe these images and video?<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>These are from my vacation.<|im_end|>\n<|im_start|>assistant\nI'd be happy to describe the images and video for you. Could you please provide more context about your vacation?<|im_end|>\n<|im_start|>user\nIt was a trip to the mountains. Can you see the details in the images and video?<|im_end|>\n<|im_start|>assistant\n"  # noqa: E501
+README_PROMPT_WITH_IDS = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>Hello, how are you?<|im_end|>\n<|im_start|>assistant\nI'm doing well, thank you for asking. How can I assist you today?<|im_end|>\n<|im_start|>user\nCan you describe these images and video?Picture 2: <|vision_start|><|image_pad|><|vision_end|>Picture 3: <|vision_start|><|image_pad|><|vision_end|>Video 1: <|vision_start|><|video_pad|><|vision_end|>These are from my vacation.<|im_end|>\n<|im_start|>assistant\nI'd be happy to describe the images and video for you. Could you please provide more context about your vacation?<|im_end|>\n<|im_start|>user\nIt was a trip to the mountains. Can you see the details in the images and video?<|im_end|>\n<|im_start|>assistant\n"  # noqa: E501
+
+KINDS = {"a.jpg": "image", "b.jpg": "image", "c.jpg": "image", "v.mp4": "video"}
+
+
+def classify(path: str) -> str:
+    return KINDS[path]
+
+
+def file(path: str) -> dict:
+    """A file part as the gradio 6 Chatbot hands it to the chat function."""
+    return {"type": "file", "file": {"path": path}}
+
+
+def text(value: str) -> dict:
+    return {"type": "text", "text": value}
+
+
+# The README conversation as the chatbot holds it: one message per upload, in the order given.
+HISTORY = [
+    {"role": "user", "content": [file("a.jpg")]},
+    {"role": "user", "content": [text("Hello, how are you?")]},
+    {"role": "assistant", "content": [text("I'm doing well, thank you for asking. How can I assist you today?")]},  # noqa: E501
+    {"role": "user", "content": [text("Can you describe these images and video?")]},
+    {"role": "user", "content": [file("b.jpg")]},
+    {"role": "user", "content": [file("c.jpg")]},
+    {"role": "user", "content": [file("v.mp4")]},
+    {"role": "user", "content": [text("These are from my vacation.")]},
+    {"role": "assistant", "content": [text("I'd be happy to describe the images and video for you. Could you please provide more context about your vacation?")]},  # noqa: E501
+]
+LAST = {"text": "It was a trip to the mountains. Can you see the details in the images and video?", "files": []}  # noqa: E501
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_checkpoint):
+    return AutoProcessor.from_pretrained(tiny_checkpoint)
+
+
+@pytest.mark.parametrize(("add_vision_id", "expected"), [(False, README_PROMPT), (True, README_PROMPT_WITH_IDS)])
+def test_readme_conversation_renders_the_readme_prompt(processor, add_vision_id, expected):
+    messages = conversation_messages(HISTORY, LAST, classify)
+    prompt = processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, add_vision_id=add_vision_id
+    )
+    assert prompt == expected
+
+
+def test_turn_files_come_first_in_order_then_text():
+    message = {"text": "Compare them", "files": ["b.jpg", {"path": "v.mp4"}, "a.jpg"]}
+    messages = conversation_messages([], message, classify)
+    assert messages == [{"role": "user", "content": [
+        {"type": "image", "image": "b.jpg"},
+        {"type": "video", "video": "v.mp4"},
+        {"type": "image", "image": "a.jpg"},
+        {"type": "text", "text": "Compare them"},
+    ]}]
+    assert [item["type"] for item in media_items(messages)] == ["image", "video", "image"]
+
+
+def test_conversion_never_mutates_the_history():
+    before = copy.deepcopy(HISTORY)
+    conversation_messages(HISTORY, LAST, classify, system_prompt="Be brief.")
+    assert HISTORY == before
+
+
+def test_system_prompt_comes_first():
+    messages = conversation_messages([], "hi", classify, system_prompt="Be brief.")
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert messages[1] == {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+
+
+def test_notices_and_assistant_media_are_not_sent_to_the_model():
+    history = [
+        {"role": "user", "content": "Where is the cat?"},
+        {"role": "assistant", "content": "On the mat."},
+        {"role": "assistant", "content": {"path": "boxes.png"}},
+        {"role": "assistant", "content": "", "metadata": {"title": "12 tokens", "status": "done"}},
+    ]
+    messages = history_to_messages(history, classify)
+    assert messages == [
+        {"role": "user", "content": [{"type": "text", "text": "Where is the cat?"}]},
+        {"role": "assistant", "content": "On the mat."},
+    ]
+
+
+def test_a_failed_turn_is_left_out():
+    history = [
+        {"role": "user", "content": [file("a.jpg")]},
+        {"role": "user", "content": "What is this?"},
+        {"role": "assistant", "content": "Could not read a.jpg", "metadata": {"title": "⚠️ Could not answer"}},
+    ]
+    messages = conversation_messages(history, "Hello", classify)
+    assert messages == [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+
+
+@pytest.mark.parametrize(
+    ("content", "parts"),
+    [
+        ("hi", [("text", "hi")]),
+        ("", []),
+        ({"path": "a.jpg"}, [("file", "a.jpg")]),
+        (["x", {"path": "a.jpg"}], [("text", "x"), ("file", "a.jpg")]),
+        ([text("x"), file("a.jpg")], [("text", "x"), ("file", "a.jpg")]),
+        ({"type": "component", "value": {"path": "a.jpg"}}, [("file", "a.jpg")]),
+        (None, []),
+    ],
+)
+def test_content_parts_accepts_every_gradio_shape(content, parts):
+    assert content_parts(content) == parts
+
+
+def test_user_message_parts_text_only_and_empty():
+    assert user_message_parts({"text": "", "files": []}) == []
+    assert user_message_parts("hello") == [("text", "hello")]
+
+
+def test_is_notice_only_for_titled_assistant_messages():
+    assert is_notice({"role": "assistant", "content": "", "metadata": {"title": "x"}})
+    assert not is_notice({"role": "assistant", "content": "x", "metadata": None})
+    assert not is_notice({"role": "user", "content": "x", "metadata": {"title": "x"}})
