@@ -10,6 +10,7 @@ The checkpoint loads through the real path (`AutoProcessor` / `AutoModelForImage
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import shutil
@@ -23,7 +24,6 @@ _CLASS_PREFIX = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}
 FAMILIES = tuple(_CLASS_PREFIX)
 SIZES = ("tiny", "small")
 MARKER_FILE = "tiny_checkpoint.json"
-MARKER_VERSION = 1
 # Files every complete build holds (besides the marker, which is written last).
 REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
 
@@ -311,6 +311,11 @@ def _write_checkpoint(out_dir: Path, marker: dict[str, Any]) -> None:
     (out_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
 
 
+def _builder_digest() -> str:
+    """Hash of this file: an edited builder invalidates checkpoints cached by earlier versions."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def _read_marker(out_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((out_dir / MARKER_FILE).read_text())
@@ -337,7 +342,7 @@ def build_tiny_checkpoint(
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     target = Path(out_dir).resolve()  # resolved, so "." has a real parent to stage in
-    marker = {"version": MARKER_VERSION, "family": family, "size": size, "seed": seed}
+    marker = {"family": family, "size": size, "seed": seed, "builder": _builder_digest()}
     if _is_complete(target, marker):
         return Path(out_dir)
     if target.exists() and any(target.iterdir()) and _read_marker(target) is None:

@@ -219,7 +219,7 @@ class LocalEngine:
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         if self._worker is None:
             raise UserFacingError(self._status.message or "The model is still loading.")
-        job = _Job(self.encode(request), request.options, _CountingStreamer(self.processor))
+        job = _Job(self.encode(request), request.options, _CountingStreamer(self.processor.tokenizer))
         self._worker.submit(job)
         counted = 0
         try:
@@ -254,12 +254,13 @@ def processor_inputs(
         kwargs["images"] = images
         kwargs["images_kwargs"] = {"do_resize": False}
     if videos:
+        # Pre-sampled frames: the rate goes in video_metadata (a plain fps= is ignored for frame
+        # lists, and Qwen2.5-VL's temporal positions would assume 24 fps).
         kwargs["videos"] = [video.frames for video in videos]
-        kwargs["videos_kwargs"] = {
-            "do_resize": False,
-            "do_sample_frames": False,
-            "fps": [video.fps for video in videos],
-        }
+        kwargs["video_metadata"] = [
+            {"total_num_frames": len(video.frames), "fps": video.fps} for video in videos
+        ]
+        kwargs["videos_kwargs"] = {"do_resize": False, "do_sample_frames": False}
     return dict(processor(**kwargs))
 
 
