@@ -5,31 +5,37 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import gradio as gr
+
 from app.config import Settings, parse_args
 
 
-def launch(settings: Settings, block: bool = True):
-    """Starts the engine (loading in the background) and the page; returns the running demo."""
-    from app.engine.local import LocalEngine
-    from app.ui import ASSETS, build_demo
+def serve(demo: gr.Blocks, settings: Settings, block: bool = True) -> gr.Blocks:
+    """Queues and launches the page with the settings' network options."""
+    from app.ui import ASSETS
 
-    engine = LocalEngine(settings).start()
-    demo = build_demo(engine, settings)
     demo.queue(default_concurrency_limit=64).launch(
         server_name=settings.server_name,
         server_port=settings.server_port,
         share=settings.share,
         inbrowser=settings.inbrowser,
-        max_file_size=f"{settings.max_upload_mb}mb",
+        max_file_size=int(settings.max_upload_mb * 1024 * 1024),
         allowed_paths=[str(ASSETS)],
         prevent_thread_lock=not block,
     )
-    return demo, engine
+    return demo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launch(parse_args(argv))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = parse_args(argv)
+    from app.engine.local import LocalEngine
+    from app.ui import build_demo
+
+    engine = LocalEngine(settings).start()  # the weights load while the page is already up
+    serve(build_demo(engine, settings), settings)
 
 
 if __name__ == "__main__":

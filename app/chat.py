@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
 from app.engine import ChatRequest, Engine, GenerationOptions
 from app.errors import UserFacingError
+from app.grounding import display_text, draw_boxes, parse_boxes
 from app.media import ImageInput, MediaLimits, VideoInput, load_media, sniff_kind
 from app.messages import content_parts, conversation_messages, media_items, user_message_parts
 
 ChatMessages = list[dict[str, Any]]
+DRAWINGS = Path(tempfile.gettempdir()) / "qwen2-vl-demo" / "boxes"
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,9 @@ def classify(path: str) -> str:
     try:
         return _kind(path, os.path.getmtime(path))
     except OSError:
-        raise UserFacingError(f"The file {os.path.basename(path)} is no longer available.") from None
+        raise UserFacingError(
+            f"The file {os.path.basename(path)} is no longer available."
+        ) from None
 
 
 @functools.lru_cache(maxsize=32)
@@ -80,7 +86,9 @@ def load(path: str, limits: MediaLimits) -> ImageInput | VideoInput:
     try:
         return _load(path, os.path.getmtime(path), limits)
     except OSError:
-        raise UserFacingError(f"The file {os.path.basename(path)} is no longer available.") from None
+        raise UserFacingError(
+            f"The file {os.path.basename(path)} is no longer available."
+        ) from None
 
 
 def _usable(path: str, limits: MediaLimits) -> bool:
@@ -143,6 +151,20 @@ def build_request(
     )
 
 
+def boxes_image(raw: str, family: str, media: Sequence[ImageInput | VideoInput]) -> str | None:
+    """A PNG of the conversation's latest image with the answer's grounding boxes, if any."""
+    image = next((m.image for m in reversed(media) if isinstance(m, ImageInput)), None)
+    if image is None:
+        return None
+    boxes = parse_boxes(raw, family, image_size=image.size)  # image.size: what the model saw
+    if not boxes:
+        return None
+    DRAWINGS.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=DRAWINGS, suffix=".png", delete=False) as out:
+        draw_boxes(image, boxes).save(out, format="PNG")
+    return out.name
+
+
 def respond(
     engine: Engine,
     settings: Settings,
@@ -150,7 +172,11 @@ def respond(
     history: Sequence[Mapping[str, Any]],
     options: ChatOptions,
 ) -> Iterator[ChatMessages]:
-    """Yields the growing assistant messages of one turn; raises UserFacingError on bad input."""
+    """Yields the growing assistant messages of one turn; raises UserFacingError on bad input.
+
+    The engine's raw text keeps Qwen's special tokens (grounding markers); the chat shows
+    `display_text` of it, plus an image with the boxes drawn once the answer is complete.
+    """
     request = build_request(message, history, options, settings)
     raw, tokens, ttft = "", 0, None
     start = time.perf_counter()
@@ -162,6 +188,10 @@ def respond(
         tokens += delta.tokens
         if ttft is None and delta.tokens:
             ttft = time.perf_counter() - start
-        yield [{"role": "assistant", "content": raw}]
+        yield [{"role": "assistant", "content": display_text(raw)}]
+    answer = [{"role": "assistant", "content": display_text(raw)}]
+    drawing = boxes_image(raw, engine.family, request.media)
+    if drawing:
+        answer.append({"role": "assistant", "content": {"path": drawing}})
     stats = format_stats(tokens, ttft, time.perf_counter() - start)
-    yield [{"role": "assistant", "content": raw}, notice(stats, done=True)]
+    yield answer + [notice(stats, done=True)]

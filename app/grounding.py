@@ -57,7 +57,7 @@ class Box:
 
 
 def family_of(model_type: str | None) -> Family:
-    """Output convention of a model, from config.model_type or a model name like Qwen/Qwen2.5-VL-7B."""
+    """Output convention of a model, from config.model_type or a name like Qwen/Qwen2.5-VL-7B."""
     name = re.sub(r"[^a-z0-9]+", "_", (model_type or "").lower())
     if "qwen2_5" in name:
         return "qwen2_5_vl"
@@ -190,7 +190,7 @@ def _loose_object(chunk: str) -> dict[str, object] | None:
 
 
 def display_text(text: str) -> str:
-    """What the chat shows: refs in bold, boxes and special tokens removed, half-streamed ones hidden.
+    """What the chat shows: refs in bold, boxes and special tokens removed, partial ones hidden.
 
     The same rules serve every family: JSON answers stay as they are (readable Markdown).
     """
@@ -221,7 +221,7 @@ def display_text(text: str) -> str:
 
 
 def _unclosed(ref: list[str] | None, box: list[str] | None) -> str:
-    """What to show of a ref or box that is still open: the ref's text; a box's only if it is prose."""
+    """What to show of a ref or box still open: the ref's text; a box's only if it is prose."""
     if ref is not None:
         return "".join(ref)  # plain while streaming, bold once it closes
     text = "".join(box or [])

@@ -17,6 +17,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
+# Tokens that only the chat template may write: in a message's text they would open fake turns
+# or claim images that are not there (random or confused answers do produce them).
+TEMPLATE_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
 MediaKind = Literal["image", "video"]
 Classify = Callable[[str], MediaKind]
 Part = tuple[Literal["text", "file"], str]
@@ -44,6 +57,13 @@ def content_parts(content: Any) -> list[Part]:
     return content_parts(value) if value is not None else []
 
 
+def clean_text(text: str) -> str:
+    """Text without template tokens (grounding markers such as <|box_start|> stay)."""
+    for token in TEMPLATE_TOKENS:
+        text = text.replace(token, "")
+    return text
+
+
 def is_notice(message: Mapping[str, Any]) -> bool:
     """True for the app's own messages (errors, statistics, notices) in the history."""
     metadata = message.get("metadata") or {}
@@ -54,7 +74,7 @@ def _user_content(parts: Iterable[Part], classify: Classify) -> list[dict[str, s
     content = []
     for kind, value in parts:
         if kind == "text":
-            content.append({"type": "text", "text": value})
+            content.append({"type": "text", "text": clean_text(value)})
         else:
             media = classify(value)
             content.append({"type": media, media: value})
@@ -66,7 +86,7 @@ def history_to_messages(
     classify: Classify,
     system_prompt: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Qwen2-VL messages for a chat history: user turns merged, notices and assistant media left out."""
+    """Qwen2-VL messages for a history: user turns merged, notices and assistant media left out."""
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
@@ -78,7 +98,7 @@ def history_to_messages(
             continue
         parts = content_parts(message.get("content"))
         if role == "assistant":
-            text = "".join(value for kind, value in parts if kind == "text")
+            text = clean_text("".join(value for kind, value in parts if kind == "text"))
             if not text:
                 continue
             if messages and messages[-1]["role"] == "assistant":

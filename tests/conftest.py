@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402  (after the offline switch)
+from app.config import Settings  # noqa: E402  (imports after the offline switch)
+from app.engine import ChatRequest  # noqa: E402
+from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
 
-CACHE = Path(os.environ.get("QWEN_DEMO_TEST_CACHE", Path(__file__).parent.parent / "build" / "tests"))
+CACHE = Path(
+    os.environ.get("QWEN_DEMO_TEST_CACHE", Path(__file__).parent.parent / "build" / "tests")
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +30,48 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint_25() -> Path:
     return build_tiny_checkpoint(CACHE / "tiny-qwen2_5-vl", family="qwen2_5_vl")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Recording:
+    """Wraps the real engine and keeps every request it receives (what the model was asked)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.requests: list[ChatRequest] = []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def stream(self, request: ChatRequest):
+        self.requests.append(request)
+        yield from self.engine.stream(request)
+
+
+@pytest.fixture(scope="session")
+def app(tiny_checkpoint):
+    """The demo on a free port with the tiny checkpoint: (url, the recording engine)."""
+    settings = Settings(
+        checkpoint_path=str(tiny_checkpoint),
+        cpu_only=True,
+        server_port=free_port(),
+        max_new_tokens=200,  # long enough for a browser to see the answer grow
+    )
+    from app.engine.local import LocalEngine
+    from app.ui import build_demo
+    from web_demo_mm import serve
+
+    engine = LocalEngine(settings).start()
+    recording = Recording(engine)
+    demo = serve(build_demo(recording, settings), settings, block=False)
+    deadline = time.monotonic() + 120
+    while engine.status().state == "loading" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert engine.status().state == "ready", engine.status()
+    yield f"http://127.0.0.1:{settings.server_port}/", recording
+    demo.close()

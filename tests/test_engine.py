@@ -59,7 +59,7 @@ def test_greedy_answers_are_reproducible_and_match_raw_generate(engine):
     inputs = engine.encode(image_request(10))
     raw = engine.model.generate(**inputs, max_new_tokens=10, do_sample=False)
     decoded = engine.processor.tokenizer.decode(
-        raw[0, inputs["input_ids"].shape[1]:], skip_special_tokens=False
+        raw[0, inputs["input_ids"].shape[1] :], skip_special_tokens=False
     )
     assert decoded.replace("<|im_end|>", "") == first
 
@@ -94,8 +94,15 @@ def test_a_generation_error_reaches_the_caller_and_the_next_turn_works(engine):
 def test_video_input(engine):
     frames = [Image.new("RGB", (56, 56), (i * 60, 0, 0)) for i in range(4)]
     request = ChatRequest(
-        messages=[{"role": "user", "content": [{"type": "video", "video": "v.mp4"},
-                                                {"type": "text", "text": "What happens?"}]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video", "video": "v.mp4"},
+                    {"type": "text", "text": "What happens?"},
+                ],
+            }
+        ],
         media=[VideoInput(frames=frames, fps=2.0, duration=2.0)],
         options=GenerationOptions(max_new_tokens=5),
     )

@@ -6,9 +6,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from app.grounding import Family
 from app.media import ImageInput, VideoInput
 
-Family = Literal["qwen2_vl", "qwen2_5_vl"]
+__all__ = ["ChatRequest", "Delta", "Engine", "EngineStatus", "Family", "GenerationOptions"]
 
 
 @dataclass(frozen=True)

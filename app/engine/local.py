@@ -28,6 +28,7 @@ from transformers import (
 from app.config import Settings
 from app.engine import ChatRequest, Delta, EngineStatus, Family, GenerationOptions
 from app.errors import UserFacingError
+from app.grounding import family_of
 from app.media import ImageInput, VideoInput
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,6 @@ def choose_attention(want_flash: bool, cuda: bool, flash_installed: bool) -> tup
     if not flash_installed:
         return "sdpa", "--flash-attn2 ignored: flash_attn is not installed, using SDPA attention"
     return "flash_attention_2", "using FlashAttention-2"
-
-
-def family_of(model_type: str) -> Family:
-    """Qwen2-VL answers grounding on a 0-1000 grid; Qwen2.5-VL and later in resized pixels."""
-    return "qwen2_vl" if model_type == "qwen2_vl" else "qwen2_5_vl"
 
 
 def check_checkpoint(path: str) -> Any:
@@ -157,8 +153,9 @@ class ModelWorker:
     def _generate(self, job: _Job) -> None:
         if job.options.seed is not None:
             torch.manual_seed(job.options.seed)
-        inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v
-                  for k, v in job.inputs.items()}
+        inputs = {
+            k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in job.inputs.items()
+        }
         self.model.generate(
             **inputs,
             **generate_kwargs(job.options),
@@ -169,8 +166,10 @@ class ModelWorker:
 
 def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, torch.OutOfMemoryError):
-        return ("The model ran out of memory. Try fewer or smaller images, a shorter video, "
-                "or a lower --max-pixels / --max-frames.")
+        return (
+            "The model ran out of memory. Try fewer or smaller images, a shorter video, "
+            "or a lower --max-pixels / --max-frames."
+        )
     return f"Generation failed ({exc.__class__.__name__}: {exc}). Please try again."
 
 
@@ -211,7 +210,9 @@ class LocalEngine:
     def encode(self, request: ChatRequest) -> dict[str, Any]:
         """Model inputs for a request: chat template, image and video tensors."""
         prompt = self.processor.apply_chat_template(
-            request.messages, tokenize=False, add_generation_prompt=True,
+            request.messages,
+            tokenize=False,
+            add_generation_prompt=True,
             add_vision_id=request.add_vision_id,
         )
         return processor_inputs(self.processor, prompt, request.media)
@@ -219,7 +220,9 @@ class LocalEngine:
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         if self._worker is None:
             raise UserFacingError(self._status.message or "The model is still loading.")
-        job = _Job(self.encode(request), request.options, _CountingStreamer(self.processor.tokenizer))
+        job = _Job(
+            self.encode(request), request.options, _CountingStreamer(self.processor.tokenizer)
+        )
         self._worker.submit(job)
         counted = 0
         try:
@@ -272,8 +275,11 @@ def load_model(settings: Settings) -> tuple[Any, Any]:
     flash_installed = importlib.util.find_spec("flash_attn") is not None
     attention, reason = choose_attention(settings.flash_attn2, cuda, flash_installed)
     log.info(reason)
-    placement = {"dtype": "auto", "device_map": "auto"} if cuda else {
-        "dtype": torch.float32, "device_map": "cpu"}
+    placement = (
+        {"dtype": "auto", "device_map": "auto"}
+        if cuda
+        else {"dtype": torch.float32, "device_map": "cpu"}
+    )
     model = AutoModelForImageTextToText.from_pretrained(
         settings.checkpoint_path, attn_implementation=attention, **placement
     ).eval()
