@@ -31,10 +31,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = parse_args(argv)
-    from app.engine.local import LocalEngine
+    from app.engine import create_engine
     from app.ui import build_demo
 
-    engine = LocalEngine(settings).start()  # the weights load while the page is already up
+    engine = create_engine(settings)  # local weights load while the page is already up
     serve(build_demo(engine, settings), settings)
 
 

@@ -80,6 +80,55 @@ class Settings:
             help="prompt token budget; older turns are left out beyond it",
         ),
     )
+    backend: str = field(
+        default="local",
+        metadata=_flag(
+            "--backend",
+            choices=("local", "openai"),
+            help="local: transformers in this process; openai: a chat-completions "
+            "server (vLLM, SGLang, transformers serve)",
+        ),
+    )
+    api_base: str = field(
+        default="http://127.0.0.1:8000/v1",
+        metadata=_flag("--api-base", help="base URL of the OpenAI-compatible server"),
+    )
+    api_key: str = field(
+        default="",
+        metadata=_flag(
+            "--api-key", help="API key of that server (prefer the environment variable)"
+        ),
+    )
+    model: str = field(
+        default="",
+        metadata=_flag("--model", help="model name on that server (default: its first model)"),
+    )
+    api_timeout: float = field(
+        default=600.0,
+        metadata=_flag("--api-timeout", help="longest wait for the server's next byte (seconds)"),
+    )
+    api_video_format: str = field(
+        default="frames",
+        metadata=_flag(
+            "--api-video-format",
+            choices=("frames", "video/jpeg"),
+            help="send videos as image frames (any server) or one video_url of JPEG frames (vLLM)",
+        ),
+    )
+    max_batch_size: int = field(
+        default=4,
+        metadata=_flag(
+            "--max-batch-size", help="most requests the local engine generates together"
+        ),
+    )
+    auth: str = field(
+        default="",
+        metadata=_flag("--auth", help="user:password, or a file with one user:password per line"),
+    )
+    log_content: bool = field(
+        default=False,
+        metadata=_flag("--log-content", help="also log what users wrote (off: metadata only)"),
+    )
 
 
 def env_name(field_name: str) -> str:

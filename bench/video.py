@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -91,14 +90,19 @@ def qwen_frame_pixels(n: int) -> float:
 # --- child side: one measurement per process ---------------------------------------------------
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process: unlike ru_maxrss, VmHWM restarts at exec."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def _ours(path: str, case: str, n: int) -> tuple:
     sys.path.insert(0, str(ROOT))
+    from app import media
     from app.media import MediaLimits, load_media
+
+    media._image_formats()  # one-time plugin registration, like qwen-vl-utils' untimed imports
 
     limits = {
         "ours_video": replace(MediaLimits(), max_frames=QWEN_MAX_FRAMES),
@@ -111,8 +115,13 @@ def _ours(path: str, case: str, n: int) -> tuple:
         "ours_image": MediaLimits(),
         "ours_image_qwen_size": replace(MediaLimits(), max_pixels=QWEN_IMAGE_MAX_PIXELS),
     }[case]
-    return lambda: load_media(path, limits), lambda r: (
-        f"{len(r.frames)} frames of {r.frames[0].size}" if hasattr(r, "frames") else f"{r.image.size}"
+    return (
+        lambda: load_media(path, limits),
+        lambda r: (
+            f"{len(r.frames)} frames of {r.frames[0].size}"
+            if hasattr(r, "frames")
+            else f"{r.image.size}"
+        ),
     )
 
 
@@ -132,13 +141,16 @@ def _qwen(path: str, case: str) -> tuple:
 
 def child(case: str, path: str, n: int) -> None:
     run, describe = _qwen(path, case) if case.startswith("qwen") else _ours(path, case, n)
-    base = _rss_mb()
+    base = _status_mb("VmRSS")
     start = time.perf_counter()
     result = run()
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall_s": wall, "peak_rss_mb": peak, "base_rss_mb": base,
-                      "output": describe(result)}))
+    peak = _status_mb("VmHWM")
+    print(
+        json.dumps(
+            {"wall_s": wall, "peak_rss_mb": peak, "base_rss_mb": base, "output": describe(result)}
+        )
+    )
 
 
 # --- parent side --------------------------------------------------------------------------------
@@ -171,16 +183,20 @@ def _row(r: Result) -> str:
     if r.error:
         return f"{r.label:44s} {r.error}"
     delta = r.peak_rss_mb - r.base_rss_mb
-    return (f"{r.label:44s} {r.wall_s:8.2f} s  peak {r.peak_rss_mb:8.0f} MB  "
-            f"(+{delta:7.0f} MB over imports)  {r.output}")
+    return (
+        f"{r.label:44s} {r.wall_s:8.2f} s  peak {r.peak_rss_mb:8.0f} MB  "
+        f"(+{delta:7.0f} MB over imports)  {r.output}"
+    )
 
 
 def _ratios(ours: Result, theirs: Result) -> str:
     if ours.error or theirs.error:
         return "    ratios: n/a"
     delta = (ours.peak_rss_mb - ours.base_rss_mb) / (theirs.peak_rss_mb - theirs.base_rss_mb)
-    return (f"    memory ours/theirs: peak {ours.peak_rss_mb / theirs.peak_rss_mb:.3f}, "
-            f"added {delta:.3f};  speedup theirs/ours: {theirs.wall_s / ours.wall_s:.1f}x")
+    return (
+        f"    memory ours/theirs: peak {ours.peak_rss_mb / theirs.peak_rss_mb:.3f}, "
+        f"added {delta:.3f};  speedup theirs/ours: {theirs.wall_s / ours.wall_s:.1f}x"
+    )
 
 
 def main() -> None:
@@ -208,8 +224,10 @@ def main() -> None:
         ("ours: max_pixels=16384*28*28 as qwen-vl-utils", "ours_image_qwen_size"),
         ("qwen-vl-utils process_vision_info", "qwen_image"),
     ]
-    for title, path, cases in [(f"{args.minutes:g}-minute 1280x720 30 fps video", video,
-                                video_cases), ("6000x4000 JPEG", photo, image_cases)]:
+    for title, path, cases in [
+        (f"{args.minutes:g}-minute 1280x720 30 fps video", video, video_cases),
+        ("6000x4000 JPEG", photo, image_cases),
+    ]:
         print(f"\n{title}:")
         results = [measure(label, case, path, n, args.max_rss_gb) for label, case in cases]
         for r in results:

@@ -6,10 +6,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from app.config import Settings
 from app.grounding import Family
 from app.media import ImageInput, VideoInput
 
-__all__ = ["ChatRequest", "Delta", "Engine", "EngineStatus", "Family", "GenerationOptions"]
+__all__ = [
+    "ChatRequest",
+    "Delta",
+    "Engine",
+    "EngineStatus",
+    "Family",
+    "GenerationOptions",
+    "create_engine",
+]
 
 
 @dataclass(frozen=True)
@@ -67,3 +76,20 @@ class Engine(Protocol):
     def status(self) -> EngineStatus: ...
 
     def stream(self, request: ChatRequest) -> Iterator[Delta]: ...
+
+
+def create_engine(settings: Settings) -> Engine:
+    """The engine the settings ask for; the local one starts loading in the background."""
+    if settings.backend == "openai":
+        from app.engine.openai import OpenAIEngine
+
+        return OpenAIEngine(
+            settings.api_base,
+            settings.api_key or None,
+            settings.model or None,
+            settings.api_timeout,
+            settings.api_video_format,
+        )
+    from app.engine.local import LocalEngine
+
+    return LocalEngine(settings).start()
