@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import os
-import warnings
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -37,8 +37,8 @@ GIF_DEFAULT_DELAY_MS = 100  # browsers show GIF frames with a delay of 10 ms or 
 # Pillow formats we open; others (EPS, PSD, ICO, TGA, ...) are refused, as TGA's weak signature
 # would otherwise let Pillow "identify" random bytes. MPO is what cameras' JPEGs often open as.
 _PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-_ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # not MPO or TIFF: their extra frames are
-# previews or pages, not motion
+# Formats whose extra frames are motion (MPO's and TIFF's are previews or pages).
+_ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
 # FFmpeg demuxers we let probe an upload (format_whitelist): common video containers, plus audio
 # containers only so that an audio file gets a precise message; never playlists or raw streams.
 _DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,mpeg,ogg,flv,asf,wav,mp3,flac"
@@ -140,9 +140,13 @@ class _SeekFailed(Exception):
 
 
 def smart_resize(
-    height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR
+    height: int,
+    width: int,
+    factor: int = FACTOR,
+    min_pixels: float = 4 * 28 * 28,
+    max_pixels: float = 16384 * 28 * 28,
 ) -> tuple[int, int]:
-    """Qwen2-VL's resize rule: sides multiples of `factor`, area in range, aspect kept."""
+    """(height, width) by Qwen2-VL's rule: multiples of `factor`, area in range, aspect kept."""
     if max(height, width) / min(height, width) > MAX_RATIO:
         raise ValueError(f"absolute aspect ratio must be smaller than {MAX_RATIO}")
     h_bar = max(factor, round(height / factor) * factor)
@@ -168,7 +172,7 @@ def _fit(
             f"'{name}' is too narrow or too wide ({round(width)}x{round(height)} pixels): "
             f"its long side may be at most {MAX_RATIO} times its short side."
         )
-    h, w = smart_resize(round(height) or 1, round(width) or 1, min_pixels, max_pixels)
+    h, w = smart_resize(round(height) or 1, round(width) or 1, FACTOR, min_pixels, max_pixels)
     return w, h
 
 
@@ -249,15 +253,19 @@ def load_video(path: str | os.PathLike[str], limits: MediaLimits) -> VideoInput:
 
 
 def _check_size(path: Path, limits: MediaLimits | None) -> None:
+    """The upload exists, is a regular file, is not empty and (given limits) not too big."""
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
     except OSError as exc:
         raise UserFacingError(f"'{path.name}' could not be found or opened.") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise UserFacingError(f"'{path.name}' is not a file.")
+    size = info.st_size
     if size == 0:
         raise UserFacingError(f"'{path.name}' is empty.")
     if limits is not None and size > limits.max_upload_bytes:
         raise UserFacingError(
-            f"'{path.name}' is {size / 2**20:.0f} MB; uploads are limited to "
+            f"'{path.name}' is {size / 2**20:.1f} MB; uploads are limited to "
             f"{limits.max_upload_bytes / 2**20:.0f} MB."
         )
 
@@ -269,6 +277,7 @@ def _check_image_pixels(im: Image.Image, name: str, limits: MediaLimits) -> None
 
 
 def _too_large(name: str, detail: str, limits: MediaLimits | None) -> UserFacingError:
+    """The message for a source image (or video frame) over max_image_pixels."""
     limit = f"; the limit is {limits.max_image_pixels / 1e6:.0f} megapixels" if limits else ""
     return UserFacingError(f"'{name}' is too large an image ({detail}){limit}.")
 
@@ -283,9 +292,11 @@ def _accepted() -> str:
 
 def _unrecognized(path: Path) -> UserFacingError:
     """The message for content neither Pillow nor FFmpeg could open, guided by its signature."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    kind = _magic_kind(head)
+    try:
+        with open(path, "rb") as f:
+            kind = _magic_kind(f.read(16))
+    except OSError:
+        kind = None
     if kind == "image":
         return UserFacingError(
             f"'{path.name}' could not be read as an image: the file looks corrupt or truncated."
@@ -352,13 +363,13 @@ def _image_formats() -> tuple[str, ...]:
 
 def _open_image(path: Path) -> Image.Image | None:
     """Pillow's lazy open (header only), or None when the content is no image we accept."""
+    # Pillow refuses over 2 * MAX_IMAGE_PIXELS itself (and warns above MAX_IMAGE_PIXELS: left
+    # alone, as silencing warnings is not thread-safe); max_image_pixels is checked after this.
     try:
-        with warnings.catch_warnings():
-            # We apply our own pixel limit; Pillow's warning would only be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path, formats=_image_formats())
+        return Image.open(path, formats=_image_formats())
     except Image.DecompressionBombError as exc:
-        raise _too_large(path.name, "its header declares too many pixels", None) from exc
+        detail = f"over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+        raise _too_large(path.name, detail, None) from exc
     except Exception:  # unidentified, or a header broken enough to fail: try other readers
         return None
 
@@ -433,6 +444,7 @@ def _rgb_at(im: Image.Image, size: tuple[int, int], source: Image.Image) -> Imag
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """RGB with transparency composited on white and 16-bit/float levels scaled, not clipped."""
+    im.load()  # a GIF frame's mode is only final once loaded (P, RGB or RGBA)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         return _to_8bit(im).convert("RGB")
     if "A" in im.mode or "a" in im.mode or "transparency" in im.info:
@@ -668,7 +680,7 @@ def _shape(
     limits: MediaLimits,
 ) -> _Shape:
     """Sampled-frame size from the first decoded frame, honoring pixel aspect and rotation."""
-    rotation = round((frame.rotation or 0) / 90) * 90 % 360
+    rotation = round((getattr(frame, "rotation", 0) or 0) / 90) * 90 % 360  # PyAV >= 14
     width = frame.width * float(stream.sample_aspect_ratio or 1)
     height = frame.height
     if rotation in (90, 270):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_large_photo_is_resized_within_max_pixels(tmp_path: Path) -> None:
     Image.new("RGB", (4000, 3000), (10, 20, 30)).save(path, quality=50)
     image = load_image(path, LIMITS).image
     assert image.width * image.height <= LIMITS.max_pixels
-    assert (image.height, image.width) == smart_resize(3000, 4000, 1, LIMITS.max_pixels)
+    assert (image.height, image.width) == smart_resize(3000, 4000, 28, 1, LIMITS.max_pixels)
 
 
 @pytest.mark.parametrize("name", ["animated_gif", "animated_webp", "animated_png"])
@@ -287,4 +288,54 @@ def test_smart_resize_matches_qwen_vl_utils(height: int, width: int) -> None:
     vision_process = pytest.importorskip("qwen_vl_utils.vision_process")
     for lo, hi in [(LIMITS.min_pixels, LIMITS.max_pixels), (128 * 784, 768 * 784)]:
         expected = vision_process.smart_resize(height, width, 28, lo, hi)
-        assert smart_resize(height, width, lo, hi) == expected
+        assert smart_resize(height, width, 28, lo, hi) == expected
+
+
+def test_gif_frame_that_turns_rgba_when_loaded_still_gives_rgb(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    # Found by fuzzing: with these bytes changed, frame 3's mode reads "RGB" until it is loaded,
+    # then "RGBA"; the mode must be taken after loading.
+    data = bytearray(corpus["animated_gif"].read_bytes())
+    for offset, value in {30: 100, 302: 152, 317: 188, 333: 7}.items():
+        data[offset] = value
+    path = tmp_path / "flipped.gif"
+    path.write_bytes(bytes(data))
+    frames = load_video(path, LIMITS).frames
+    assert {f.mode for f in frames} == {"RGB"}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_damaged_uploads_only_raise_user_facing_errors(
+    corpus: dict[str, Path], tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    names = [
+        "exif_rotated_jpeg",
+        "palette_transparent_png",
+        "animated_gif",
+        "animated_webp",
+        "webp",
+        "tiff",
+        "tiny_mp4",
+        "webm_vp9",
+        "avi_mjpeg",
+        "mkv_h264",
+    ]
+    for k in range(40):
+        data = bytearray(corpus[rng.choice(names)].read_bytes())
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(1, len(data))]
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path = tmp_path / f"damaged_{k}"
+        path.write_bytes(bytes(data))
+        try:
+            result = load_media(path, LIMITS)
+        except UserFacingError as exc:
+            assert path.name in str(exc)
+            continue
+        if isinstance(result, ImageInput):
+            _assert_image(result, LIMITS)
+        else:
+            _assert_video(result, LIMITS)

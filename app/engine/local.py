@@ -74,7 +74,11 @@ class _StopOnEvent(StoppingCriteria):
 
 
 class _CountingStreamer(TextIteratorStreamer):
-    """A TextIteratorStreamer that also counts the generated tokens (for the statistics)."""
+    """A TextIteratorStreamer that sends every token at once and counts them.
+
+    The base class holds text back until a word ends (a space), which delays the first visible
+    token by a word; here text is only held while it ends in half a multi-byte character.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         super().__init__(
@@ -83,9 +87,18 @@ class _CountingStreamer(TextIteratorStreamer):
         self.tokens = 0
 
     def put(self, value: torch.Tensor) -> None:
-        if not self.next_tokens_are_prompt:
-            self.tokens += value.numel()
-        super().put(value)
+        if self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.tokens += value.numel()
+        self.token_cache.extend(value.flatten().tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\ufffd"):  # half a UTF-8 character: wait for its other bytes
+            return
+        printable, self.print_len = text[self.print_len :], len(text)
+        if text.endswith("\n"):  # decode only the current line next time
+            self.token_cache, self.print_len = [], 0
+        self.on_finalized_text(printable)
 
 
 @dataclass

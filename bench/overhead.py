@@ -1,0 +1,158 @@
+"""What the app adds to a model answer: TTFT and tokens/s through the running demo vs raw generate.
+
+Same prompt (one 448x448 image + a question, 256 new tokens, greedy) on the "bench" random
+checkpoint (~100M parameters). Raw = the README's recipe in this process: processor(...) then
+model.generate with a streamer. App = web_demo_mm.py in a subprocess, driven by gradio_client
+through /chat. Runs alternate, medians are printed with their ratios (this machine is noisy).
+
+    .venv/bin/python bench/overhead.py [--runs 5] [--tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
+
+from app.engine.local import processor_inputs  # noqa: E402
+from app.media import MediaLimits, load_media  # noqa: E402
+from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
+
+QUESTION = "Describe this image in detail."
+
+
+class _Clock(BaseStreamer):
+    """Records when the first and the last new token arrive."""
+
+    def __init__(self) -> None:
+        self.prompt_seen = False
+        self.first: float | None = None
+        self.last = 0.0
+        self.tokens = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        now = time.perf_counter()
+        self.first = self.first or now
+        self.last = now
+        self.tokens += value.numel()
+
+    def end(self) -> None:
+        pass
+
+
+def raw_run(model, processor, image_path: Path, tokens: int) -> tuple[float, float]:
+    """(TTFT s, tokens/s after the first) for processor + generate, as the README does it."""
+    start = time.perf_counter()
+    media = [load_media(image_path, MediaLimits())]
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(image_path)},
+                                             {"type": "text", "text": QUESTION}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor_inputs(processor, prompt, media)
+    clock = _Clock()
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=tokens, do_sample=False,
+                       streamer=clock)
+    return clock.first - start, (clock.tokens - 1) / (clock.last - clock.first)
+
+
+def app_run(client: Client, image_path: Path, tokens: int) -> tuple[float, float]:
+    """(TTFT s, tokens/s after the first) as a gradio_client user sees them."""
+    start = time.perf_counter()
+    job = client.submit({"text": QUESTION, "files": [handle_file(image_path)]},
+                        max_new_tokens=tokens, repetition_penalty=1.0, api_name="/chat")
+    first = last = None
+    for output in job:
+        if output:
+            last = time.perf_counter()
+            first = first or last
+    return first - start, (tokens - 1) / (last - first)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(checkpoint: Path, port: int) -> subprocess.Popen:
+    log = open(Path(tempfile.gettempdir()) / "bench-overhead-app.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "web_demo_mm.py"), "-c", str(checkpoint), "--cpu-only",
+         "--server-port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            client.predict({"text": "warm up", "files": []}, max_new_tokens=2, api_name="/chat")
+            return process
+        except Exception:  # not up yet, or the model is still loading
+            time.sleep(1)
+    process.kill()
+    raise SystemExit("the app did not come up; see " + log.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=256)
+    args = parser.parse_args()
+
+    checkpoint = build_tiny_checkpoint(ROOT / "build" / "bench" / "bench-qwen2-vl", size="bench")
+    image_path = Path(tempfile.gettempdir()) / "bench-overhead.png"
+    Image.effect_mandelbrot((448, 448), (-2, -1.5, 1, 1.5), 100).convert("RGB").save(image_path)
+
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    port = free_port()
+    app = start_app(checkpoint, port)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        raw_run(model, processor, image_path, 8)  # warm-up
+        app_run(client, image_path, 8)
+        raw, through_app = [], []
+        for _ in range(args.runs):
+            raw.append(raw_run(model, processor, image_path, args.tokens))
+            through_app.append(app_run(client, image_path, args.tokens))
+    finally:
+        app.terminate()
+        app.wait(30)
+
+    def median(runs: list[tuple[float, float]], index: int) -> float:
+        return statistics.median(run[index] for run in runs)
+
+    raw_ttft, app_ttft = median(raw, 0), median(through_app, 0)
+    raw_rate, app_rate = median(raw, 1), median(through_app, 1)
+    print(f"checkpoint: bench ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params), "
+          f"{args.tokens} new tokens, greedy, {args.runs} runs each, torch threads "
+          f"{torch.get_num_threads()}")
+    print(f"raw generate : TTFT {raw_ttft * 1000:7.1f} ms   {raw_rate:6.1f} tokens/s")
+    print(f"through app  : TTFT {app_ttft * 1000:7.1f} ms   {app_rate:6.1f} tokens/s")
+    print(f"TTFT added   : {(app_ttft - raw_ttft) * 1000:+.1f} ms (target <= +30 ms)")
+    print(f"throughput   : {app_rate / raw_rate:.3f} of raw (target >= 0.97)")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()
