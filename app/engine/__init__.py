@@ -77,6 +77,10 @@ class Engine(Protocol):
 
     def stream(self, request: ChatRequest) -> Iterator[Delta]: ...
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a text (exact where the engine has the tokenizer, else an estimate)."""
+        ...
+
 
 def create_engine(settings: Settings) -> Engine:
     """The engine the settings ask for; the local one starts loading in the background."""

@@ -230,6 +230,11 @@ class LocalEngine:
         )
         return processor_inputs(self.processor, prompt, request.media)
 
+    def count_tokens(self, text: str) -> int:
+        if self.processor is None:
+            raise UserFacingError(self._status.message or "The model is still loading.")
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         if self._worker is None:
             raise UserFacingError(self._status.message or "The model is still loading.")
