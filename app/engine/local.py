@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +21,13 @@ from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
-    StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
 from app.config import Settings
 from app.engine import ChatRequest, Delta, EngineStatus, Family, GenerationOptions
+from app.engine.batching import BatchStreamer, StopRows, collate
 from app.errors import UserFacingError
 from app.grounding import family_of
 from app.media import ImageInput, VideoInput
@@ -63,16 +64,6 @@ def check_checkpoint(path: str) -> Any:
         ) from None
 
 
-class _StopOnEvent(StoppingCriteria):
-    """Ends generation at the next token once the request's stop event is set."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> bool:
-        return self.event.is_set()
-
-
 class _CountingStreamer(TextIteratorStreamer):
     """A TextIteratorStreamer that sends every token at once and counts them.
 
@@ -101,13 +92,18 @@ class _CountingStreamer(TextIteratorStreamer):
         self.on_finalized_text(printable)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     inputs: dict[str, Any]
     options: GenerationOptions
     streamer: _CountingStreamer
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    solo: bool = False  # run alone (after its batch failed before its first token)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.options.max_new_tokens
 
 
 def generate_kwargs(options: GenerationOptions) -> dict[str, Any]:
@@ -125,13 +121,31 @@ def generate_kwargs(options: GenerationOptions) -> dict[str, Any]:
     return kwargs
 
 
-class ModelWorker:
-    """The one thread that runs `generate`; jobs are served first come, first served."""
+def batch_key(job: _Job) -> tuple | None:
+    """Jobs with equal keys can share a batch; None = runs alone (seeded, so reproducible)."""
+    if job.options.seed is not None or job.solo:
+        return None
+    kwargs = generate_kwargs(job.options)
+    del kwargs["max_new_tokens"]  # each row stops at its own limit
+    return tuple(sorted(kwargs.items()))
 
-    def __init__(self, model: Any) -> None:
+
+class ModelWorker:
+    """The one thread that runs `generate`, first come first served, batching what waits.
+
+    The oldest waiting job always runs next; jobs behind it with the same sampling settings
+    join its batch, up to `max_batch_size`.
+    """
+
+    def __init__(self, model: Any, pad_token_id: int, max_batch_size: int = 4) -> None:
         self.model = model
+        self.pad_token_id = pad_token_id
+        self.max_batch_size = max(1, max_batch_size)
+        eos = model.generation_config.eos_token_id
+        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
         self._pending: list[_Job] = []
         self._ready = threading.Condition()
+        self.batch_sizes: Counter[int] = Counter()  # how often each batch size ran
         threading.Thread(target=self._run, name="model-worker", daemon=True).start()
 
     def submit(self, job: _Job) -> None:
@@ -144,36 +158,59 @@ class ModelWorker:
         with self._ready:
             return self._pending.index(job) + 1 if job in self._pending else None
 
-    def _next_job(self) -> _Job:
+    def _next_batch(self) -> list[_Job]:
         with self._ready:
             self._ready.wait_for(lambda: self._pending)
-            return self._pending.pop(0)
+            first = self._pending.pop(0)
+            batch, key = [first], batch_key(first)
+            for job in list(self._pending) if key is not None else []:
+                if len(batch) == self.max_batch_size:
+                    break
+                if batch_key(job) == key:
+                    self._pending.remove(job)
+                    batch.append(job)
+            return batch
 
     def _run(self) -> None:
         while True:
-            job = self._next_job()
-            if job.stop.is_set():  # stopped or disconnected while waiting
+            batch = self._next_batch()
+            for job in [job for job in batch if job.stop.is_set()]:  # gone while waiting
                 job.streamer.end()
-                continue
-            try:
-                self._generate(job)
-            except Exception as exc:  # reaches the user through the job; the worker lives on
-                log.exception("generation failed")
+                batch.remove(job)
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        self.batch_sizes[len(batch)] += 1
+        streamer = BatchStreamer(batch, self.eos_token_ids)
+        try:
+            self._generate(batch, streamer)
+        except Exception as exc:  # reaches the users through their jobs; the worker lives on
+            log.exception("generation failed for a batch of %d", len(batch))
+            if len(batch) > 1 and streamer.generated == 0:  # nothing sent yet: retry one by one
+                with self._ready:
+                    for job in batch:
+                        job.solo = True
+                    self._pending[:0] = batch
+                return
+            for job in batch:
                 job.error = exc
-                job.streamer.end()
+            streamer.end()
 
     @torch.inference_mode()
-    def _generate(self, job: _Job) -> None:
-        if job.options.seed is not None:
-            torch.manual_seed(job.options.seed)
-        inputs = {
-            k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in job.inputs.items()
-        }
+    def _generate(self, batch: list[_Job], streamer: BatchStreamer) -> None:
+        if batch[0].options.seed is not None:
+            torch.manual_seed(batch[0].options.seed)
+        inputs = collate([job.inputs for job in batch], self.pad_token_id)
+        inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        kwargs = generate_kwargs(batch[0].options)
+        kwargs["max_new_tokens"] = max(job.max_new_tokens for job in batch)
+        prompt_length = inputs["input_ids"].shape[1]
         self.model.generate(
             **inputs,
-            **generate_kwargs(job.options),
-            streamer=job.streamer,
-            stopping_criteria=StoppingCriteriaList([_StopOnEvent(job.stop)]),
+            **kwargs,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([StopRows(batch, prompt_length)]),
         )
 
 
@@ -210,7 +247,8 @@ class LocalEngine:
     def _load(self) -> None:
         try:
             model, self.processor = load_model(self.settings)
-            self._worker = ModelWorker(model)
+            pad = self.processor.tokenizer.pad_token_id
+            self._worker = ModelWorker(model, pad, self.settings.max_batch_size)
             self._status = EngineStatus("ready", f"{self.settings.checkpoint_path} is ready.")
         except Exception as exc:
             log.exception("loading the model failed")
