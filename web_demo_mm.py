@@ -8,19 +8,23 @@ from collections.abc import Sequence
 import gradio as gr
 
 from app.config import Settings, parse_args
+from app.engine import Engine
+from app.hosting import health_route, parse_auth, server_name
 
 
-def serve(demo: gr.Blocks, settings: Settings, block: bool = True) -> gr.Blocks:
-    """Queues and launches the page with the settings' network options."""
+def serve(demo: gr.Blocks, engine: Engine, settings: Settings, block: bool = True) -> gr.Blocks:
+    """Queues and launches the page with the settings' network options and /health."""
     from app.ui import ASSETS
 
     demo.queue(default_concurrency_limit=64).launch(
-        server_name=settings.server_name,
+        server_name=server_name(settings),
         server_port=settings.server_port,
         share=settings.share,
         inbrowser=settings.inbrowser,
+        auth=parse_auth(settings.auth),
         max_file_size=int(settings.max_upload_mb * 1024 * 1024),
-        allowed_paths=[str(ASSETS)],
+        allowed_paths=[str(ASSETS)],  # besides uploads, only the app's own assets are served
+        app_kwargs={"routes": [health_route(engine, settings)]},
         prevent_thread_lock=not block,
     )
     return demo
@@ -35,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from app.ui import build_demo
 
     engine = create_engine(settings)  # local weights load while the page is already up
-    serve(build_demo(engine, settings), settings)
+    serve(build_demo(engine, settings), engine, settings)
 
 
 if __name__ == "__main__":

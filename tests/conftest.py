@@ -68,7 +68,7 @@ def app(tiny_checkpoint):
 
     engine = LocalEngine(settings).start()
     recording = Recording(engine)
-    demo = serve(build_demo(recording, settings), settings, block=False)
+    demo = serve(build_demo(recording, settings), engine, settings, block=False)
     deadline = time.monotonic() + 120
     while engine.status().state == "loading" and time.monotonic() < deadline:
         time.sleep(0.1)
