@@ -94,6 +94,10 @@ def create_engine(settings: Settings) -> Engine:
             settings.api_timeout,
             settings.api_video_format,
         )
+    from app.engine.zerogpu import ZeroGPUEngine, on_zero_gpu
+
+    if on_zero_gpu():
+        return ZeroGPUEngine(settings).start()
     from app.engine.local import LocalEngine
 
     return LocalEngine(settings).start()

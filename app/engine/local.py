@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +121,11 @@ def generate_kwargs(options: GenerationOptions) -> dict[str, Any]:
     return kwargs
 
 
+def eos_token_ids(model: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
 def batch_key(job: _Job) -> tuple | None:
     """Jobs with equal keys can share a batch; None = runs alone (seeded, so reproducible)."""
     if job.options.seed is not None or job.solo:
@@ -141,8 +146,7 @@ class ModelWorker:
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_size = max(1, max_batch_size)
-        eos = model.generation_config.eos_token_id
-        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_token_ids = eos_token_ids(model)
         self._pending: list[_Job] = []
         self._ready = threading.Condition()
         self.batch_sizes: Counter[int] = Counter()  # how often each batch size ran
@@ -184,7 +188,7 @@ class ModelWorker:
         self.batch_sizes[len(batch)] += 1
         streamer = BatchStreamer(batch, self.eos_token_ids)
         try:
-            self._generate(batch, streamer)
+            generate_batch(self.model, batch, streamer, self.pad_token_id)
         except Exception as exc:  # reaches the users through their jobs; the worker lives on
             log.exception("generation failed for a batch of %d", len(batch))
             if len(batch) > 1 and streamer.generated == 0:  # nothing sent yet: retry one by one
@@ -197,21 +201,46 @@ class ModelWorker:
                 job.error = exc
             streamer.end()
 
-    @torch.inference_mode()
-    def _generate(self, batch: list[_Job], streamer: BatchStreamer) -> None:
-        if batch[0].options.seed is not None:
-            torch.manual_seed(batch[0].options.seed)
-        inputs = collate([job.inputs for job in batch], self.pad_token_id)
-        inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        kwargs = generate_kwargs(batch[0].options)
-        kwargs["max_new_tokens"] = max(job.max_new_tokens for job in batch)
-        prompt_length = inputs["input_ids"].shape[1]
-        self.model.generate(
-            **inputs,
-            **kwargs,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([StopRows(batch, prompt_length)]),
-        )
+
+@torch.inference_mode()
+def generate_batch(
+    model: Any, batch: list[_Job], streamer: BatchStreamer, pad_token_id: int
+) -> None:
+    """One `generate` call for jobs that share sampling settings, each row stopping alone."""
+    if batch[0].options.seed is not None:
+        torch.manual_seed(batch[0].options.seed)
+    inputs = collate([job.inputs for job in batch], pad_token_id)
+    inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    kwargs = generate_kwargs(batch[0].options)
+    kwargs["max_new_tokens"] = max(job.max_new_tokens for job in batch)
+    prompt_length = inputs["input_ids"].shape[1]
+    model.generate(
+        **inputs,
+        **kwargs,
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([StopRows(batch, prompt_length)]),
+    )
+
+
+def read_job(job: _Job, position: Callable[[], int | None] = lambda: None) -> Iterator[Delta]:
+    """A job's answer as deltas, with a heartbeat (and its queue place) while nothing comes."""
+    counted = 0
+    while True:
+        try:
+            text = next(job.streamer)
+        except queue.Empty:
+            yield Delta(queue_position=position())
+            continue
+        except StopIteration:
+            break
+        for marker in END_MARKERS:
+            text = text.replace(marker, "")
+        tokens, counted = job.streamer.tokens - counted, job.streamer.tokens
+        yield Delta(text=text, tokens=tokens)
+    if job.error is not None:
+        raise UserFacingError(describe_failure(job.error))
+    if job.streamer.tokens > counted:
+        yield Delta(tokens=job.streamer.tokens - counted)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -226,12 +255,15 @@ def describe_failure(exc: BaseException) -> str:
 class LocalEngine:
     """Qwen2-VL / Qwen2.5-VL through transformers, loaded in the background."""
 
+    zero_gpu = False  # load for Spaces ZeroGPU (see app.engine.zerogpu)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config = check_checkpoint(settings.checkpoint_path)
         self.family: Family = family_of(self.config.model_type)
         self._status = EngineStatus("loading", f"Loading {settings.checkpoint_path}…")
         self.processor: Any = None
+        self.model: Any = None
         self._worker: ModelWorker | None = None
 
     def start(self, background: bool = True) -> LocalEngine:
@@ -246,17 +278,17 @@ class LocalEngine:
 
     def _load(self) -> None:
         try:
-            model, self.processor = load_model(self.settings)
-            pad = self.processor.tokenizer.pad_token_id
-            self._worker = ModelWorker(model, pad, self.settings.max_batch_size)
+            self.model, self.processor = load_model(self.settings, self.zero_gpu)
+            self._serve()
             self._status = EngineStatus("ready", f"{self.settings.checkpoint_path} is ready.")
         except Exception as exc:
             log.exception("loading the model failed")
             self._status = EngineStatus("failed", f"The model failed to load: {exc}")
 
-    @property
-    def model(self) -> Any:
-        return self._worker.model if self._worker else None
+    def _serve(self) -> None:
+        """Starts what runs `generate` for the loaded model: here, the model worker."""
+        pad = self.processor.tokenizer.pad_token_id
+        self._worker = ModelWorker(self.model, pad, self.settings.max_batch_size)
 
     def encode(self, request: ChatRequest) -> dict[str, Any]:
         """Model inputs for a request: chat template, image and video tensors."""
@@ -273,31 +305,18 @@ class LocalEngine:
             raise UserFacingError(self._status.message or "The model is still loading.")
         return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta]:
-        if self._worker is None:
+    def _require_ready(self) -> None:
+        if self._status.state != "ready":
             raise UserFacingError(self._status.message or "The model is still loading.")
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        self._require_ready()
         job = _Job(
             self.encode(request), request.options, _CountingStreamer(self.processor.tokenizer)
         )
         self._worker.submit(job)
-        counted = 0
         try:
-            while True:
-                try:
-                    text = next(job.streamer)
-                except queue.Empty:
-                    yield Delta(queue_position=self._worker.position(job))
-                    continue
-                except StopIteration:
-                    break
-                for marker in END_MARKERS:
-                    text = text.replace(marker, "")
-                tokens, counted = job.streamer.tokens - counted, job.streamer.tokens
-                yield Delta(text=text, tokens=tokens)
-            if job.error is not None:
-                raise UserFacingError(describe_failure(job.error))
-            if job.streamer.tokens > counted:
-                yield Delta(tokens=job.streamer.tokens - counted)
+            yield from read_job(job, lambda: self._worker.position(job))
         finally:
             job.stop.set()
 
@@ -323,21 +342,26 @@ def processor_inputs(
     return dict(processor(**kwargs))
 
 
-def load_model(settings: Settings) -> tuple[Any, Any]:
-    """Model and processor: bf16 on the GPU (`dtype="auto"`), float32 on the CPU."""
-    cuda = torch.cuda.is_available() and not settings.cpu_only
+def load_model(settings: Settings, zero_gpu: bool = False) -> tuple[Any, Any]:
+    """Model and processor: bf16 on the GPU (`dtype="auto"`), float32 on the CPU.
+
+    On ZeroGPU the weights are moved with `.to("cuda")` at load time, as ZeroGPU expects.
+    """
+    cuda = zero_gpu or torch.cuda.is_available() and not settings.cpu_only
     if not cuda and not settings.cpu_only:
         log.warning("no CUDA device found: running on the CPU in float32 (slow)")
     flash_installed = importlib.util.find_spec("flash_attn") is not None
     attention, reason = choose_attention(settings.flash_attn2, cuda, flash_installed)
     log.info(reason)
-    placement = (
-        {"dtype": "auto", "device_map": "auto"}
-        if cuda
-        else {"dtype": torch.float32, "device_map": "cpu"}
-    )
+    placement = {"dtype": "auto", "device_map": "auto"}
+    if zero_gpu:
+        placement = {"dtype": "auto"}
+    elif not cuda:
+        placement = {"dtype": torch.float32, "device_map": "cpu"}
     model = AutoModelForImageTextToText.from_pretrained(
         settings.checkpoint_path, attn_implementation=attention, **placement
     ).eval()
+    if zero_gpu:
+        model.to("cuda")
     processor = AutoProcessor.from_pretrained(settings.checkpoint_path)
     return model, processor
