@@ -64,22 +64,32 @@ def raw_run(model, processor, image_path: Path, tokens: int) -> tuple[float, flo
     """(TTFT s, tokens/s after the first) for processor + generate, as the README does it."""
     start = time.perf_counter()
     media = [load_media(image_path, MediaLimits())]
-    messages = [{"role": "user", "content": [{"type": "image", "image": str(image_path)},
-                                             {"type": "text", "text": QUESTION}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": str(image_path)},
+                {"type": "text", "text": QUESTION},
+            ],
+        }
+    ]
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor_inputs(processor, prompt, media)
     clock = _Clock()
     with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=tokens, do_sample=False,
-                       streamer=clock)
+        model.generate(**inputs, max_new_tokens=tokens, do_sample=False, streamer=clock)
     return clock.first - start, (clock.tokens - 1) / (clock.last - clock.first)
 
 
 def app_run(client: Client, image_path: Path, tokens: int) -> tuple[float, float]:
     """(TTFT s, tokens/s after the first) as a gradio_client user sees them."""
     start = time.perf_counter()
-    job = client.submit({"text": QUESTION, "files": [handle_file(image_path)]},
-                        max_new_tokens=tokens, repetition_penalty=1.0, api_name="/chat")
+    job = client.submit(
+        {"text": QUESTION, "files": [handle_file(image_path)]},
+        max_new_tokens=tokens,
+        repetition_penalty=1.0,
+        api_name="/chat",
+    )
     first = last = None
     for output in job:
         if output:
@@ -94,12 +104,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(checkpoint: Path, port: int) -> subprocess.Popen:
-    log = open(Path(tempfile.gettempdir()) / "bench-overhead-app.log", "w")  # noqa: SIM115
+def start_app(checkpoint: Path, port: int, extra: list[str] = ()) -> subprocess.Popen:
+    """web_demo_mm.py in a subprocess, returned once it answers (the model is loaded)."""
+    log = open(Path(tempfile.gettempdir()) / f"bench-app-{port}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "web_demo_mm.py"), "-c", str(checkpoint), "--cpu-only",
-         "--server-port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "web_demo_mm.py"),
+            "-c",
+            str(checkpoint),
+            "--cpu-only",
+            "--server-port",
+            str(port),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -144,9 +165,11 @@ def main() -> None:
 
     raw_ttft, app_ttft = median(raw, 0), median(through_app, 0)
     raw_rate, app_rate = median(raw, 1), median(through_app, 1)
-    print(f"checkpoint: bench ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params), "
-          f"{args.tokens} new tokens, greedy, {args.runs} runs each, torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"checkpoint: bench ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params), "
+        f"{args.tokens} new tokens, greedy, {args.runs} runs each, torch threads "
+        f"{torch.get_num_threads()}"
+    )
     print(f"raw generate : TTFT {raw_ttft * 1000:7.1f} ms   {raw_rate:6.1f} tokens/s")
     print(f"through app  : TTFT {app_ttft * 1000:7.1f} ms   {app_rate:6.1f} tokens/s")
     print(f"TTFT added   : {(app_ttft - raw_ttft) * 1000:+.1f} ms (target <= +30 ms)")
