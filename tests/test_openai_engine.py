@@ -448,3 +448,32 @@ def test_http_error_reaches_the_user(served):
         list(engine.stream(ask()))
     assert served in str(caught.value)
     engine.close()
+
+
+@pytest.mark.server
+def test_the_app_answers_through_the_remote_backend(served, tmp_path):
+    """web_demo_mm --backend openai: the /chat API and /health, end to end."""
+    from gradio_client import Client, handle_file
+
+    from app.config import Settings
+    from app.engine import create_engine
+    from app.ui import build_demo
+    from web_demo_mm import serve
+
+    settings = Settings(backend="openai", api_base=served, server_port=free_port())
+    engine = create_engine(settings)
+    demo = serve(build_demo(engine, settings), engine, settings, block=False)
+    try:
+        url = f"http://127.0.0.1:{settings.server_port}/"
+        assert httpx.get(url + "health").json()["status"] == "ready"
+        picture = tmp_path / "cat.png"
+        Image.new("RGB", (64, 64), "orange").save(picture)
+        answer = Client(url, verbose=False).predict(
+            {"text": "What is this?", "files": [handle_file(picture)]},
+            max_new_tokens=6,
+            api_name="/chat",
+        )
+        assert answer.strip()
+    finally:
+        demo.close()
+        engine.close()
