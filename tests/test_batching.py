@@ -115,3 +115,24 @@ def test_collate_left_pads_and_concatenates_media():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["pixel_values"].shape == (4, 2)
     assert batch["image_grid_thw"].tolist() == [[1, 2, 2]]
+
+
+def test_waiting_requests_get_their_place_and_an_estimate(engine):
+    worker = engine._worker
+    request_a = request((9, 9, 9), (56, 56), 30)
+    run(engine, request_a, {}, "warm")  # at least one batch ran: the estimate has a basis
+    busy = threading.Event()
+    out: dict = {}
+    blocker = threading.Thread(
+        target=run, args=(engine, request((0, 0, 0), (56, 56), 300), out, "blocker", None, busy)
+    )
+    blocker.start()
+    assert busy.wait(60)
+    places = []
+    for delta in engine.stream(request((5, 5, 5), (56, 56), 3)):
+        if delta.queue_position is not None:
+            places.append((delta.queue_position, delta.wait_seconds))
+    blocker.join(60)
+    assert places and places[0][0] == 1
+    assert places[0][1] is not None and places[0][1] > 0
+    assert worker.wait_estimate(5) > worker.wait_estimate(1)

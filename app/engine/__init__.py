@@ -54,12 +54,14 @@ class Delta:
 
     An empty delta is a heartbeat: nothing new yet, but the consumer gets control back, so a
     stopped or disconnected request is closed promptly even during a long prefill.
-    `queue_position` is set while the request waits for the model (1 = next).
+    `queue_position` is set while the request waits for the model (1 = next), with
+    `wait_seconds`, an estimate of the wait from the recent batches (None until one ran).
     """
 
     text: str = ""
     tokens: int = 0
     queue_position: int | None = None
+    wait_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import importlib.util
 import logging
 import queue
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,7 @@ class ModelWorker:
         self._pending: list[_Job] = []
         self._ready = threading.Condition()
         self.batch_sizes: Counter[int] = Counter()  # how often each batch size ran
+        self._batch_seconds: float | None = None  # moving average of a batch's duration
         threading.Thread(target=self._run, name="model-worker", daemon=True).start()
 
     def submit(self, job: _Job) -> None:
@@ -161,6 +163,13 @@ class ModelWorker:
         """1-based place in the queue, or None once the job runs."""
         with self._ready:
             return self._pending.index(job) + 1 if job in self._pending else None
+
+    def wait_estimate(self, position: int) -> float | None:
+        """Seconds until a job at this place starts: batches ahead, the running one half done."""
+        if self._batch_seconds is None:
+            return None
+        batches_ahead = (position - 1) // self.max_batch_size + 0.5
+        return batches_ahead * self._batch_seconds
 
     def _next_batch(self) -> list[_Job]:
         with self._ready:
@@ -187,8 +196,12 @@ class ModelWorker:
     def _run_batch(self, batch: list[_Job]) -> None:
         self.batch_sizes[len(batch)] += 1
         streamer = BatchStreamer(batch, self.eos_token_ids)
+        started = time.monotonic()
         try:
             generate_batch(self.model, batch, streamer, self.pad_token_id)
+            seconds = time.monotonic() - started
+            previous = self._batch_seconds
+            self._batch_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
         except Exception as exc:  # reaches the users through their jobs; the worker lives on
             log.exception("generation failed for a batch of %d", len(batch))
             if len(batch) > 1 and streamer.generated == 0:  # nothing sent yet: retry one by one
@@ -222,14 +235,16 @@ def generate_batch(
     )
 
 
-def read_job(job: _Job, position: Callable[[], int | None] = lambda: None) -> Iterator[Delta]:
+def read_job(job: _Job, worker: ModelWorker | None = None) -> Iterator[Delta]:
     """A job's answer as deltas, with a heartbeat (and its queue place) while nothing comes."""
     counted = 0
     while True:
         try:
             text = next(job.streamer)
         except queue.Empty:
-            yield Delta(queue_position=position())
+            place = worker.position(job) if worker else None
+            wait = worker.wait_estimate(place) if place else None
+            yield Delta(queue_position=place, wait_seconds=wait)
             continue
         except StopIteration:
             break
@@ -316,7 +331,7 @@ class LocalEngine:
         )
         self._worker.submit(job)
         try:
-            yield from read_job(job, lambda: self._worker.position(job))
+            yield from read_job(job, self._worker)
         finally:
             job.stop.set()
 
