@@ -92,13 +92,13 @@ def test_a_stopped_row_leaves_and_the_others_finish(engine):
 
 
 def test_seeded_requests_run_alone(engine):
-    from app.engine.local import _Job, batch_key
+    from app.engine.local import Job, batch_key
 
-    seeded = _Job({}, GenerationOptions(seed=1), streamer=None)
-    greedy = _Job({}, GenerationOptions(), streamer=None)
-    sampled = _Job({}, GenerationOptions(temperature=0.7), streamer=None)
+    seeded = Job({}, GenerationOptions(seed=1), streamer=None)
+    greedy = Job({}, GenerationOptions(), streamer=None)
+    sampled = Job({}, GenerationOptions(temperature=0.7), streamer=None)
     assert batch_key(seeded) is None
-    assert batch_key(greedy) == batch_key(_Job({}, GenerationOptions(max_new_tokens=3), None))
+    assert batch_key(greedy) == batch_key(Job({}, GenerationOptions(max_new_tokens=3), None))
     assert batch_key(greedy) != batch_key(sampled)
 
 

@@ -65,7 +65,7 @@ def check_checkpoint(path: str) -> Any:
         ) from None
 
 
-class _CountingStreamer(TextIteratorStreamer):
+class CountingStreamer(TextIteratorStreamer):
     """A TextIteratorStreamer that sends every token at once and counts them.
 
     The base class holds text back until a word ends (a space), which delays the first visible
@@ -94,10 +94,10 @@ class _CountingStreamer(TextIteratorStreamer):
 
 
 @dataclass(eq=False)
-class _Job:
+class Job:
     inputs: dict[str, Any]
     options: GenerationOptions
-    streamer: _CountingStreamer
+    streamer: CountingStreamer
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     solo: bool = False  # run alone (after its batch failed before its first token)
@@ -127,7 +127,7 @@ def eos_token_ids(model: Any) -> set[int]:
     return set(eos if isinstance(eos, list) else [eos])
 
 
-def batch_key(job: _Job) -> tuple | None:
+def batch_key(job: Job) -> tuple | None:
     """Jobs with equal keys can share a batch; None = runs alone (seeded, so reproducible)."""
     if job.options.seed is not None or job.solo:
         return None
@@ -148,18 +148,18 @@ class ModelWorker:
         self.pad_token_id = pad_token_id
         self.max_batch_size = max(1, max_batch_size)
         self.eos_token_ids = eos_token_ids(model)
-        self._pending: list[_Job] = []
+        self._pending: list[Job] = []
         self._ready = threading.Condition()
         self.batch_sizes: Counter[int] = Counter()  # how often each batch size ran
         self._batch_seconds: float | None = None  # moving average of a batch's duration
         threading.Thread(target=self._run, name="model-worker", daemon=True).start()
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: Job) -> None:
         with self._ready:
             self._pending.append(job)
             self._ready.notify()
 
-    def position(self, job: _Job) -> int | None:
+    def position(self, job: Job) -> int | None:
         """1-based place in the queue, or None once the job runs."""
         with self._ready:
             return self._pending.index(job) + 1 if job in self._pending else None
@@ -171,7 +171,7 @@ class ModelWorker:
         batches_ahead = (position - 1) // self.max_batch_size + 0.5
         return batches_ahead * self._batch_seconds
 
-    def _next_batch(self) -> list[_Job]:
+    def _next_batch(self) -> list[Job]:
         with self._ready:
             self._ready.wait_for(lambda: self._pending)
             first = self._pending.pop(0)
@@ -193,7 +193,7 @@ class ModelWorker:
             if batch:
                 self._run_batch(batch)
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[Job]) -> None:
         self.batch_sizes[len(batch)] += 1
         streamer = BatchStreamer(batch, self.eos_token_ids)
         started = time.monotonic()
@@ -217,7 +217,7 @@ class ModelWorker:
 
 @torch.inference_mode()
 def generate_batch(
-    model: Any, batch: list[_Job], streamer: BatchStreamer, pad_token_id: int
+    model: Any, batch: list[Job], streamer: BatchStreamer, pad_token_id: int
 ) -> None:
     """One `generate` call for jobs that share sampling settings, each row stopping alone."""
     if batch[0].options.seed is not None:
@@ -235,7 +235,7 @@ def generate_batch(
     )
 
 
-def read_job(job: _Job, worker: ModelWorker | None = None) -> Iterator[Delta]:
+def read_job(job: Job, worker: ModelWorker | None = None) -> Iterator[Delta]:
     """A job's answer as deltas, with a heartbeat (and its queue place) while nothing comes."""
     counted = 0
     while True:
@@ -326,9 +326,7 @@ class LocalEngine:
 
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         self._require_ready()
-        job = _Job(
-            self.encode(request), request.options, _CountingStreamer(self.processor.tokenizer)
-        )
+        job = Job(self.encode(request), request.options, CountingStreamer(self.processor.tokenizer))
         self._worker.submit(job)
         try:
             yield from read_job(job, self._worker)

@@ -20,9 +20,9 @@ from typing import Any
 from app.engine import ChatRequest, Delta, GenerationOptions
 from app.engine.batching import BatchStreamer
 from app.engine.local import (
+    CountingStreamer,
+    Job,
     LocalEngine,
-    _CountingStreamer,
-    _Job,
     eos_token_ids,
     generate_batch,
     read_job,
@@ -42,7 +42,7 @@ def on_zero_gpu(environ: Mapping[str, str] = os.environ) -> bool:
 def gpu_stream(inputs: dict[str, Any], options: GenerationOptions) -> Iterator[Delta]:
     """The answer to encoded inputs; runs where the GPU is (ZeroGPU's forked process)."""
     model, tokenizer, pad_token_id, eos = _LOADED
-    job = _Job(inputs, options, _CountingStreamer(tokenizer))
+    job = Job(inputs, options, CountingStreamer(tokenizer))
     thread = threading.Thread(
         target=_generate_or_fail, args=(model, job, BatchStreamer([job], eos), pad_token_id)
     )
@@ -54,7 +54,7 @@ def gpu_stream(inputs: dict[str, Any], options: GenerationOptions) -> Iterator[D
         thread.join()
 
 
-def _generate_or_fail(model: Any, job: _Job, streamer: BatchStreamer, pad_token_id: int) -> None:
+def _generate_or_fail(model: Any, job: Job, streamer: BatchStreamer, pad_token_id: int) -> None:
     try:
         generate_batch(model, [job], streamer, pad_token_id)
     except Exception as exc:  # read_job turns it into the user's message
