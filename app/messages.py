@@ -90,28 +90,34 @@ def history_to_messages(
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
+    noticed = False  # a notice came after the last user message
     for message in history:
         role = message.get("role")
-        if is_notice(message) and messages and messages[-1]["role"] == "user":
-            messages.pop()  # a turn that got only a notice (an error) was never answered
-        if role not in ("user", "assistant") or is_notice(message):
-            continue
-        parts = content_parts(message.get("content"))
-        if role == "assistant":
-            text = clean_text("".join(value for kind, value in parts if kind == "text"))
-            if not text:
-                continue
-            if messages and messages[-1]["role"] == "assistant":
-                messages[-1] = {"role": "assistant", "content": messages[-1]["content"] + text}
-            else:
-                messages.append({"role": "assistant", "content": text})
-            continue
-        content = _user_content(parts, classify)
-        if messages and messages[-1]["role"] == "user":
-            messages[-1] = {"role": "user", "content": messages[-1]["content"] + content}
-        elif content:
-            messages.append({"role": "user", "content": content})
+        if is_notice(message):
+            noticed = True
+        elif role == "assistant":
+            _add(messages, "assistant", _answer_text(message))
+        elif role == "user":
+            if noticed and messages and messages[-1]["role"] == "user":
+                messages.pop()  # that turn got notices but no answer (it failed): leave it out
+            noticed = False
+            _add(messages, "user", _user_content(content_parts(message.get("content")), classify))
     return messages
+
+
+def _answer_text(message: Mapping[str, Any]) -> str:
+    parts = content_parts(message.get("content"))
+    return clean_text("".join(value for kind, value in parts if kind == "text"))
+
+
+def _add(messages: list[dict[str, Any]], role: str, content: str | list) -> None:
+    """Appends a turn, or extends the last one when it has the same role (one turn, many parts)."""
+    if not content:
+        return
+    if messages and messages[-1]["role"] == role:
+        messages[-1] = {"role": role, "content": messages[-1]["content"] + content}
+    else:
+        messages.append({"role": role, "content": content})
 
 
 def user_message_parts(message: Mapping[str, Any] | str) -> list[Part]:

@@ -176,3 +176,14 @@ def test_template_tokens_in_text_cannot_fake_images_or_turns():
     messages = history_to_messages(history, classify)
     assert messages[0]["content"] == [{"type": "text", "text": "hi "}]
     assert messages[1]["content"] == "ok <|box_start|>(1,2),(3,4)<|box_end|>"
+
+
+def test_a_notice_before_the_answer_keeps_the_turn():
+    history = [
+        {"role": "user", "content": "Second question"},
+        {"role": "assistant", "content": "", "metadata": {"title": "✂️ 2 earlier turns left out"}},
+        {"role": "assistant", "content": "Second answer"},
+    ]
+    messages = conversation_messages(history, "Third", classify)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[0]["content"] == [{"type": "text", "text": "Second question"}]

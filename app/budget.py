@@ -1,0 +1,209 @@
+"""The prompt's token budget: what each message costs, and which oldest turns to leave out.
+
+Pure functions. A prompt is counted the way Qwen2-VL's chat template writes it: each message is
+rendered as the template renders it, minus the image/video pad tokens, and counted with the
+engine's `count_tokens` (exact for the local engine: every message starts with <|im_start|>, a
+special token, so messages tokenize independently and their counts add up). The pads are then
+added from each item's resized size, as the processor computes them: an image of h x w pixels is
+(h/28)*(w/28) tokens, a video of n frames (n/2)*(h/28)*(w/28). The vision start/end markers stay
+in the rendered text and are counted there.
+
+The rule: prompt tokens + the answer's max_new_tokens must fit in max_context, so the answer
+always has room. Beyond it the oldest whole turns are left out; the system prompt and the
+current turn never are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import UserFacingError
+from app.media import FACTOR, FRAME_FACTOR, ImageInput, VideoInput
+
+CountTokens = Callable[[str], int]
+# What the template writes around the messages: the default system prompt when none is given,
+# and the generation prompt that opens the answer.
+DEFAULT_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+GENERATION_PROMPT = "<|im_start|>assistant\n"
+VISION_MARKERS = "<|vision_start|><|vision_end|>"  # the pad tokens go between them
+LABELS = {"image": "Picture", "video": "Video"}  # add_vision_id: "Picture 1: ", "Video 1: "
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Tokens of one message (or several): text (with markers), image pads, video pads."""
+
+    text: int = 0
+    images: int = 0
+    videos: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.text + self.images + self.videos
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.text + other.text, self.images + other.images, self.videos + other.videos)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The part of a conversation that fits: its messages, their media, and what was left out."""
+
+    messages: list[dict[str, Any]]
+    media: list[ImageInput | VideoInput]
+    tokens: int
+    turns_left_out: int
+
+
+def grid_tokens(width: int, height: int) -> int:
+    """Visual tokens of one image (or one pair of video frames) at its resized size."""
+    return (width // FACTOR) * (height // FACTOR)
+
+
+def visual_tokens(item: ImageInput | VideoInput) -> int:
+    """Pad tokens of an image or video, which arrive already resized to multiples of 28."""
+    if isinstance(item, ImageInput):
+        return grid_tokens(*item.image.size)
+    return len(item.frames) // FRAME_FACTOR * grid_tokens(*item.frames[0].size)
+
+
+def render_messages(messages: Sequence[Mapping[str, Any]], add_vision_id: bool) -> list[str]:
+    """Each message as the chat template writes it, with its image/video pads left out."""
+    seen = dict.fromkeys(LABELS, 0)  # the template numbers images and videos apart
+    rendered = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            body = content
+        else:
+            pieces = []
+            for item in content:
+                kind = item.get("type")
+                if kind in LABELS:
+                    seen[kind] += 1
+                    label = f"{LABELS[kind]} {seen[kind]}: " if add_vision_id else ""
+                    pieces.append(label + VISION_MARKERS)
+                else:
+                    pieces.append(item.get("text", ""))
+            body = "".join(pieces)
+        rendered.append(f"<|im_start|>{message['role']}\n{body}<|im_end|>\n")
+    return rendered
+
+
+def message_costs(
+    messages: Sequence[Mapping[str, Any]],
+    media: Sequence[ImageInput | VideoInput],
+    count_tokens: CountTokens,
+    add_vision_id: bool,
+) -> list[Cost]:
+    """The cost of each message; `media` holds the messages' images and videos in order."""
+    items = iter(media)
+    costs = []
+    for message, text in zip(messages, render_messages(messages, add_vision_id), strict=True):
+        pads = dict.fromkeys(LABELS, 0)
+        for part in _visual_parts(message):
+            pads[part["type"]] += visual_tokens(next(items))
+        costs.append(Cost(count_tokens(text), pads["image"], pads["video"]))
+    return costs
+
+
+def turn_starts(roles: Sequence[str]) -> list[int]:
+    """Where each turn begins: at every user message (and at the first message after the system
+    prompt, should the conversation open with an assistant message)."""
+    first = 1 if roles and roles[0] == "system" else 0
+    starts = [i for i, role in enumerate(roles) if role == "user" and i > first]
+    return [first, *starts] if first < len(roles) else []
+
+
+def fixed_cost(roles: Sequence[str], count_tokens: CountTokens) -> int:
+    """Tokens the template adds around the messages."""
+    default_system = DEFAULT_SYSTEM if not roles or roles[0] != "system" else ""
+    return count_tokens(default_system + GENERATION_PROMPT)
+
+
+def turns_to_leave_out(
+    costs: Sequence[int], starts: Sequence[int], fixed: int, limit: int
+) -> int | None:
+    """How many of the oldest turns to leave out so that the rest fits in `limit` tokens.
+
+    `costs` are per message, `starts` the turns' first messages (at least one; what precedes
+    the first is the system prompt, always kept). None when even the last turn does not fit.
+    """
+    head = fixed + sum(costs[: starts[0]])
+    for dropped, start in enumerate(starts):
+        if head + sum(costs[start:]) <= limit:
+            return dropped
+    return None
+
+
+def fit(
+    messages: Sequence[Mapping[str, Any]],
+    media: Sequence[ImageInput | VideoInput],
+    count_tokens: CountTokens,
+    max_context: int,
+    max_new_tokens: int,
+    add_vision_id: bool = False,
+) -> Fit:
+    """The conversation without its oldest turns, as needed; UserFacingError when even the
+    current turn, with the system prompt, leaves no room for a max_new_tokens answer."""
+    roles = [m["role"] for m in messages]
+    costs = message_costs(messages, media, count_tokens, add_vision_id)
+    starts = turn_starts(roles) or [len(messages)]
+    fixed = fixed_cost(roles, count_tokens)
+    dropped = turns_to_leave_out(
+        [c.total for c in costs], starts, fixed, max_context - max_new_tokens
+    )
+    if dropped is None:
+        system = fixed + sum(c.total for c in costs[: starts[0]])
+        current = sum(costs[starts[-1] :], Cost())
+        raise UserFacingError(too_large_message(current, system, max_context, max_new_tokens))
+    head, keep_from = starts[0], starts[dropped]
+    kept = [*messages[:head], *messages[keep_from:]]
+    skipped = slice(_items(messages[:head]), _items(messages[:keep_from]))
+    return Fit(
+        messages=[dict(m) for m in kept],
+        media=[*media[: skipped.start], *media[skipped.stop :]],
+        tokens=fixed + sum(c.total for c in costs[:head] + costs[keep_from:]),
+        turns_left_out=dropped,
+    )
+
+
+def too_large_message(current: Cost, system: int, max_context: int, max_new_tokens: int) -> str:
+    """Why the current turn cannot be answered, and what to change."""
+    parts = [
+        f"{tokens} for {what}"
+        for tokens, what in (
+            (current.images, "images"),
+            (current.videos, "videos"),
+            (current.text, "text"),
+            (system, "the system prompt and chat format"),
+        )
+        if tokens
+    ]
+    advice = []
+    if current.images:
+        advice.append("fewer or smaller images (or a lower 'Image max pixels')")
+    if current.videos:
+        advice.append("a shorter video (or lower 'Video max frames' / 'Video frames per second')")
+    if current.text > max(current.images, current.videos):
+        advice.append("a shorter text")
+    advice.append("a lower 'Max new tokens'")
+    choices = ", ".join([*advice[:-1], f"or {advice[-1]}"])
+    return (
+        f"This message is too large for the model's context: it needs about "
+        f"{current.total + system} tokens ({', '.join(parts)}), but with {max_new_tokens} "
+        f"tokens kept for the answer only {max(max_context - max_new_tokens, 0)} fit "
+        f"(--max-context {max_context}). Try {choices}."
+    )
+
+
+def _visual_parts(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    content = message["content"]
+    return [] if isinstance(content, str) else [c for c in content if c.get("type") in LABELS]
+
+
+def _items(messages: Sequence[Mapping[str, Any]]) -> int:
+    """How many images and videos the messages hold."""
+    return sum(len(_visual_parts(m)) for m in messages)
