@@ -1,8 +1,18 @@
 """The Gradio page. It only wires components to `app.chat` and `app.transcript`; no logic here.
 
-Layout: header (logo, title, licence note), engine status, the ChatInterface (chat with examples,
-input, Settings accordion), the conversation file buttons (export / import), and a hidden
-documented `/chat` API endpoint. Labels are translated with `gr.I18n` (app/i18n.py).
+Layout: header (logo, title, licence note), engine status, the chat (conversation list, messages
+with clickable examples, input with Stop), the Settings accordion, the conversation file
+buttons (export / import .zip), and the hidden but documented `/chat` API endpoint. Labels are
+translated with `gr.I18n` (app/i18n.py).
+
+Choices:
+- Conversations survive a page reload through ChatInterface's `save_history=True`: a
+  `gr.BrowserState` list in the browser's localStorage, shown beside the chat with "New chat".
+  Gradio encrypts it with a key drawn per server process, so a server restart forgets them (and
+  their files live in Gradio's cache); a .zip export is the way to keep a conversation.
+- A user turn is one message per file plus one for the text (see `ChatInterface`), so that
+  editing a question keeps its images and videos.
+- The page brings its theme, CSS, labels and favicon to `launch()` itself (see `Page`).
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ CSS = """
 #license, #engine-status { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 #conversation-file { flex-wrap: wrap; }
 #chatbot .user-row img { max-height: 12rem; width: auto; }  /* uploads: thumbnails, answers big */
+@media (max-width: 640px) {  /* phones: the conversation list scrolls, not pushing the chat down */
+  #chat-area .row > .column:first-child > .block { max-height: 7.5rem; overflow-y: auto; }
+}
 """
 
 
@@ -287,7 +300,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         session = request.session_hash if request else ""
         try:
             for shown in respond(
-                engine, settings, message, history or [], options, session_id=session or ""
+                engine, settings, message, history or [], options, session_id=session
             ):
                 yield "".join(m["content"] for m in shown if not is_notice(m))
         except UserFacingError as exc:
@@ -307,34 +320,34 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         status = gr.Markdown(elem_id="engine-status")
         # Page order: the chat, its settings, the conversation file; filled in below, as the
         # ChatInterface needs the settings already placed (else it adds its own accordion).
-        chat_area, settings_area, file_area = gr.Column(), gr.Column(), gr.Column()
+        chat_area = gr.Column(elem_id="chat-area")
+        settings_area, file_area = gr.Column(), gr.Column()
         inputs = settings_inputs(settings)
         with settings_area:
             render_settings(inputs)
-        textbox = gr.MultimodalTextbox(
-            file_types=FILE_TYPES,
-            file_count="multiple",
-            interactive=False,
-            placeholder=t("placeholder_loading"),
-            sources=["upload"],
-            stop_btn=True,  # shown while an answer streams (a custom textbox must ask for it)
-            render=False,
-        )
         with chat_area:
-            chat = render_chat(chat_in_ui, textbox, inputs)
+            chat = render_chat(chat_in_ui, inputs)
         with file_area:
             render_conversation_file(chat)
         render_api(chat_api, inputs)
         timer = gr.Timer(0.5)
-        timer.tick(show_status, None, [status, textbox, timer], api_visibility="private")
-        demo.load(show_status, None, [status, textbox, timer], api_visibility="private")
+        outputs = [status, chat.textbox, timer]
+        timer.tick(show_status, None, outputs, api_visibility="private")
+        demo.load(show_status, None, outputs, api_visibility="private")
     return demo
 
 
-def render_chat(
-    fn: Any, textbox: gr.MultimodalTextbox, inputs: list[gr.Component]
-) -> gr.ChatInterface:
+def render_chat(fn: Any, inputs: list[gr.Component]) -> gr.ChatInterface:
     """The chat: history list, messages with examples, input; Stop, retry, undo, edit, clear."""
+    textbox = gr.MultimodalTextbox(
+        file_types=FILE_TYPES,
+        file_count="multiple",
+        interactive=False,  # until the model is ready (show_status)
+        placeholder=t("placeholder_loading"),
+        sources=["upload"],
+        stop_btn=True,  # shown while an answer streams (a custom textbox must ask for it)
+        render=False,
+    )
     chatbot = gr.Chatbot(
         label=t("chatbot"),
         show_label=False,
@@ -372,7 +385,9 @@ def render_chat(
 def render_api(fn: Any, inputs: list[gr.Component]) -> None:
     """The documented `/chat` endpoint: hidden components give its parameters their types."""
     with gr.Group(visible=False):
-        api_message = gr.MultimodalTextbox(file_types=FILE_TYPES, file_count="multiple")
+        # No file_types: Gradio would refuse files by extension, without naming them; the app
+        # checks what each file holds and names the file it refuses.
+        api_message = gr.MultimodalTextbox(file_count="multiple")
         api_history = gr.Chatbot()
         api_answer = gr.Textbox()
     gr.Button(visible=False).click(

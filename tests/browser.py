@@ -37,8 +37,8 @@ def chromium_or_skip() -> str:
 
 
 @contextmanager
-def browser_context(**context_options: Any) -> Iterator:
-    """A fresh browser context (its own cookies and local storage)."""
+def browser_page(url: str, **context_options: Any) -> Iterator:
+    """A page at `url` in a fresh browser (its own cookies and local storage)."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_or_skip()
@@ -46,17 +46,11 @@ def browser_context(**context_options: Any) -> Iterator:
         browser = playwright.chromium.launch(executable_path=executable, args=FLAGS)
         try:
             options = {"viewport": {"width": 1280, "height": 900}, "locale": "en-US"}
-            yield browser.new_context(**(options | context_options))
+            page = browser.new_context(**(options | context_options)).new_page()
+            page.goto(url)
+            yield page
         finally:
             browser.close()
-
-
-@contextmanager
-def browser_page(url: str, **context_options: Any) -> Iterator:
-    with browser_context(**context_options) as context:
-        page = context.new_page()
-        page.goto(url)
-        yield page
 
 
 def screenshot(page, name: str) -> Path:

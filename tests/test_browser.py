@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import zipfile
 from pathlib import Path
@@ -172,32 +173,52 @@ def test_stop_keeps_the_partial_answer_for_the_next_turn(scripted_app):
     assert alphanumeric(history[1]["content"])[:40] == alphanumeric(partial)[:40]
 
 
-def test_closing_the_tab_mid_answer_frees_the_model(scripted_app):
+def test_closing_the_tab_mid_answer_frees_the_model(scripted_app, caplog):
+    caplog.set_level(logging.INFO, logger="app.requests")
     url, recording = scripted_app
     with browser_page(url) as page:
         wait_ready(page)
         page.get_by_text("Settings").first.click()
-        max_new_tokens = page.locator("#settings input[type=number]").first
-        max_new_tokens.fill("8192")
-        max_new_tokens.press("Enter")
+        page.get_by_text("Max new tokens").wait_for()
+        page.locator("#settings input[type=range]").first.fill("8192")
+        number = "document.querySelector('#settings input[type=number]')"
+        page.wait_for_function(f"() => {number}.value === '8192'")
         send(page, "Talk for as long as you can.")
         page.wait_for_function(f'() => document.querySelector("{BOT}")?.innerText.length > 30')
-    assert recording.requests[-1].options.max_new_tokens == 8192, "the setting reached the model"
-    started = time.monotonic()
-    answer = Client(url, verbose=False).predict(
-        {"text": "Short one.", "files": []}, max_new_tokens=4, api_name="/chat"
-    )
+        page.close()  # the tab; the browser stays open
+        assert recording.requests[-1].options.max_new_tokens == 8192, "the setting reached it"
+        stopped = _wait_for_log_line(caplog, "stopped")
+        assert stopped["generated_tokens"] < 8192, "the closed tab's answer was cut short"
+        answer = Client(url, verbose=False).predict(
+            {"text": "Short one.", "files": []}, max_new_tokens=4, api_name="/chat"
+        )
     assert answer
-    assert time.monotonic() - started < 15, "the closed tab's 8192-token answer was stopped"
 
 
-def test_edit_retry_undo_and_clear(app, red_square):
+def _wait_for_log_line(caplog, outcome: str, seconds: float = 120) -> dict:
+    """The first app.requests line with this outcome (the server logs it when the turn ends)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for record in caplog.records:
+            if record.name == "app.requests" and f'"outcome": "{outcome}"' in record.getMessage():
+                return json.loads(record.getMessage())
+        time.sleep(0.1)
+    raise AssertionError(f"no {outcome!r} request line in {seconds} s")
+
+
+def test_copy_edit_retry_undo_and_clear(app, red_square):
     url, recording = app
-    with browser_page(url) as page:
+    with browser_page(url, permissions=["clipboard-read", "clipboard-write"]) as page:
         wait_ready(page)
         send(page, "What is in the picture?", [red_square])
         wait_answers(page, 1)
         asked = len(recording.requests)
+        answer_buttons = page.locator(".bot-row").first.locator(
+            "xpath=following-sibling::div[contains(@class, 'message-buttons')][1]"
+        )
+        answer_buttons.get_by_role("button", name="Copy message").click()
+        copied = page.evaluate("navigator.clipboard.readText()")
+        assert alphanumeric(copied) == alphanumeric(page.locator(BOT).first.inner_text())
 
         page.locator(USER).last.hover()
         page.get_by_role("button", name="Edit").click()

@@ -330,7 +330,7 @@ def test_heartbeats_while_waiting_and_stop_hangs_up_at_once(silent_server):
     deltas = engine.stream(ChatRequest([{"role": "user", "content": QUESTION}], [image()]))
     start = time.monotonic()
     assert [next(deltas), next(deltas), next(deltas)] == [Delta()] * 3
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 5.0  # heartbeats, not a wait for the silent server
     deltas.close()
     assert silent_server.hung_up.wait(2.0), "the server did not see the client hang up"
     engine.close()
@@ -424,7 +424,7 @@ def test_stop_returns_at_once_and_the_server_answers_again(served):
     assert first.tokens == 1
     start = time.monotonic()
     deltas.close()
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 3.0  # not waiting for the rest of 2000 tokens
     again = "".join(d.text for d in engine.stream(ask(max_new_tokens=4)))
     assert again
     engine.close()

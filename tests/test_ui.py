@@ -121,8 +121,7 @@ def test_the_grounding_example_picture_has_its_objects_inside_the_scripted_boxes
 @pytest.fixture
 def chat() -> gr.ChatInterface:
     with gr.Blocks():
-        textbox = gr.MultimodalTextbox(render=False)
-        return render_chat(lambda message, history: iter(()), textbox, [])
+        return render_chat(lambda message, history: iter(()), [])
 
 
 def normalized(messages: list[dict]) -> list[dict]:
