@@ -25,7 +25,13 @@ from app.engine import ChatRequest, Delta, Engine, GenerationOptions
 from app.errors import UserFacingError
 from app.grounding import display_text, draw_boxes, parse_boxes
 from app.media import ImageInput, MediaLimits, VideoInput, load_media, sniff_kind
-from app.messages import content_parts, conversation_messages, media_items, user_message_parts
+from app.messages import (
+    content_parts,
+    conversation_messages,
+    is_notice,
+    media_items,
+    user_message_parts,
+)
 from app.requestlog import (
     LOGGER,
     RequestLog,
@@ -77,6 +83,13 @@ def format_stats(tokens: int, ttft: float | None, seconds: float) -> str:
         return f"{tokens} tokens"
     rate = tokens_per_second(tokens, ttft, seconds) or 0.0
     return f"{tokens} tokens · first token {ttft:.2f} s · {rate:.1f} tokens/s"
+
+
+def answer_text(shown: ChatMessages) -> str:
+    """The answer's text in the chat messages of a turn (no notices, no drawn images)."""
+    return "".join(
+        m["content"] for m in shown if not is_notice(m) and isinstance(m["content"], str)
+    )
 
 
 def waiting_notice(position: int, seconds: float | None) -> dict[str, Any]:

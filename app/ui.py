@@ -27,7 +27,14 @@ from typing import Any
 
 import gradio as gr
 
-from app.chat import ChatMessages, ChatOptions, limits_from_settings, notice, respond
+from app.chat import (
+    ChatMessages,
+    ChatOptions,
+    answer_text,
+    limits_from_settings,
+    notice,
+    respond,
+)
 from app.config import Settings
 from app.engine import Engine, GenerationOptions
 from app.errors import UserFacingError
@@ -302,7 +309,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             for shown in respond(
                 engine, settings, message, history or [], options, session_id=session
             ):
-                yield "".join(m["content"] for m in shown if not is_notice(m))
+                yield answer_text(shown)
         except UserFacingError as exc:
             raise gr.Error(str(exc)) from None
 

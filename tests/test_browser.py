@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from app.config import Settings
@@ -310,3 +310,13 @@ def test_the_page_says_loading_until_the_model_is_ready(tiny_checkpoint):
             assert "Ready" in status.inner_text()
     finally:
         demo.close()
+
+
+def test_the_api_streams_only_the_text_of_a_grounding_answer(scripted_app):
+    """The drawn-boxes image is for the page; /chat streams the answer's text."""
+    url, _ = scripted_app
+    park = Path(__file__).resolve().parent.parent / "assets" / "examples" / "park.png"
+    answer = Client(url, verbose=False).predict(
+        {"text": GROUNDING_EXAMPLE, "files": [handle_file(park)]}, api_name="/chat"
+    )
+    assert answer == "The **cat** watches the **ball**."
