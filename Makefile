@@ -29,8 +29,11 @@ demo-offline: install
 	$(PY) -m app.tiny_checkpoint checkpoints/tiny
 	$(PY) web_demo_mm.py -c checkpoints/tiny --cpu-only $(ARGS)
 
+# Headless chromium for the browser tests, with fonts for emoji and Chinese labels in screenshots.
+BROWSER_PACKAGES := chromium fonts-noto-color-emoji fonts-wqy-microhei
 browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	@command -v chromium >/dev/null && fc-list | grep -qi wqy || \
+	  (apt-get update -qq && apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null) \
 	  || echo "chromium could not be installed: browser tests will be skipped"
 
 test: install-dev browser

@@ -43,6 +43,7 @@ from app.requestlog import (
 
 ChatMessages = list[dict[str, Any]]
 DRAWINGS = Path(tempfile.gettempdir()) / "qwen2-vl-demo" / "boxes"
+DRAWING_MIN_SIDE = 640  # pixels: smaller images are enlarged before their boxes are drawn
 # Seconds between two updates of a streaming answer: smooth to read, and a fast model's tokens
 # are sent in small groups instead of one message each (the first token is sent at once).
 STREAM_INTERVAL = 0.05
@@ -232,6 +233,9 @@ def boxes_image(raw: str, family: str, media: Sequence[ImageInput | VideoInput])
     boxes = parse_boxes(raw, family, image_size=image.size)  # image.size: what the model saw
     if not boxes:
         return None
+    scale = DRAWING_MIN_SIDE / min(image.size)
+    if scale > 1:  # boxes are relative: draw on a larger copy, so lines and labels stay legible
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
     DRAWINGS.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=DRAWINGS, suffix=".png", delete=False) as out:
         draw_boxes(image, boxes).save(out, format="PNG")

@@ -33,8 +33,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
     (128, 0, 0), (0, 0, 128),
 )  # fmt: skip
-LINE_WIDTH_DIVISOR = 250  # line width = shorter image side / this (at least 1 px)
-FONT_SIZE_DIVISOR = 30  # font size = shorter image side / this (at least MIN_FONT_SIZE)
+LINE_WIDTH_DIVISOR = 160  # line width = shorter image side / this (at least 1 px)
+FONT_SIZE_DIVISOR = 20  # font size = shorter image side / this (at least MIN_FONT_SIZE)
 MIN_FONT_SIZE = 8
 
 _SPECIAL = re.compile(r"(<\|[A-Za-z0-9_]+\|>)")

@@ -18,6 +18,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from app.chat import DRAWING_MIN_SIDE
 from app.config import Settings
 from app.grounding import PALETTE
 from app.ui import GROUNDING_EXAMPLE
@@ -110,9 +111,11 @@ def test_grounding_example_draws_the_boxes_on_the_image(scripted_app):
         png = ask_the_grounding_example(page)
         screenshot(page, "grounding")
     image = Image.open(io.BytesIO(png)).convert("RGB")
-    assert image.size == (448, 336)  # the example as the model saw it (already a multiple of 28)
-    assert image.getpixel((45, 200)) == PALETTE[0], "the cat's box, left edge"
-    assert image.getpixel((287, 250)) == PALETTE[1], "the ball's box, left edge"
+    width, height = image.size  # the example as the model saw it (448x336), enlarged to draw on
+    assert (min(width, height), round(width / height, 2)) == (DRAWING_MIN_SIDE, round(448 / 336, 2))
+    # The scripted boxes: cat (100,200)-(500,800), ball (640,600)-(860,860) on the 0-1000 grid.
+    assert image.getpixel((round(0.1 * width) + 1, height // 2)) == PALETTE[0], "cat, left edge"
+    assert image.getpixel((round(0.64 * width) + 1, round(0.73 * height))) == PALETTE[1], "ball"
     assert recording.requests[-1].messages[-1]["content"][-1]["text"] == GROUNDING_EXAMPLE
 
 

@@ -189,3 +189,21 @@ def test_a_failing_engine_is_logged_with_the_kind_of_error(caplog, failure, outc
 def test_without_a_session_the_id_is_a_dash(caplog):
     run(ScriptedEngine(), "Hi")
     assert log_lines(caplog)[0]["session"] == "-"
+
+
+def test_boxes_are_drawn_on_the_latest_image_enlarged_when_small():
+    from PIL import Image
+
+    from app.chat import DRAWING_MIN_SIDE, boxes_image
+    from app.media import ImageInput, VideoInput
+
+    old = ImageInput(image=Image.new("RGB", (56, 56), "white"))
+    latest = ImageInput(image=Image.new("RGB", (280, 140), "white"))
+    video = VideoInput(frames=[latest.image] * 2, fps=2.0, duration=1.0)
+    raw = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(0,0),(500,1000)<|box_end|>"
+    path = boxes_image(raw, "qwen2_vl", [old, latest, video])
+    drawing = Image.open(path)
+    assert min(drawing.size) == DRAWING_MIN_SIDE and drawing.size[0] == 2 * drawing.size[1]
+    assert drawing.getpixel((drawing.width // 2, drawing.height // 2)) != (255, 255, 255)
+    assert boxes_image("no boxes here", "qwen2_vl", [latest]) is None
+    assert boxes_image(raw, "qwen2_vl", [video]) is None
