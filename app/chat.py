@@ -12,11 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from app.budget import CountTokens, fit
@@ -40,9 +38,9 @@ from app.requestlog import (
     outcome_of,
     tokens_per_second,
 )
+from app.scratch import new_folder
 
 ChatMessages = list[dict[str, Any]]
-DRAWINGS = Path(tempfile.gettempdir()) / "qwen2-vl-demo" / "boxes"
 DRAWING_MIN_SIDE = 640  # pixels: smaller images are enlarged before their boxes are drawn
 # Seconds between two updates of a streaming answer: smooth to read, and a fast model's tokens
 # are sent in small groups instead of one message each (the first token is sent at once).
@@ -236,10 +234,9 @@ def boxes_image(raw: str, family: str, media: Sequence[ImageInput | VideoInput])
     scale = DRAWING_MIN_SIDE / min(image.size)
     if scale > 1:  # boxes are relative: draw on a larger copy, so lines and labels stay legible
         image = image.resize((round(image.width * scale), round(image.height * scale)))
-    DRAWINGS.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=DRAWINGS, suffix=".png", delete=False) as out:
-        draw_boxes(image, boxes).save(out, format="PNG")
-    return out.name
+    path = new_folder("boxes") / "boxes.png"
+    draw_boxes(image, boxes).save(path, format="PNG")
+    return str(path)
 
 
 @dataclass

@@ -17,9 +17,7 @@ Choices:
 
 from __future__ import annotations
 
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -40,13 +38,13 @@ from app.engine import Engine, GenerationOptions
 from app.errors import UserFacingError
 from app.i18n import TRANSLATIONS, key
 from app.messages import is_notice
+from app.scratch import new_folder
 from app.transcript import export_transcript, import_transcript, user_turn_messages
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOGO = ASSETS / "logo.svg"
 EXAMPLES = ASSETS / "examples"
 FILE_TYPES = ["image", "video"]
-CONVERSATIONS = Path(tempfile.gettempdir()) / "qwen2-vl-demo" / "conversations"
 GROUNDING_EXAMPLE = "Find the cat and the ball in this picture and give their bounding boxes."
 STATUS_KEYS = {"loading": "status_loading", "ready": "status_ready", "failed": "status_failed"}
 CSS = """
@@ -218,9 +216,7 @@ def export_conversation(history: list[dict]) -> Any:
     if not history:
         gr.Warning("There is nothing to export yet.")
         return gr.skip()
-    folder = CONVERSATIONS / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    path = folder / time.strftime("qwen2-vl-conversation-%Y%m%d-%H%M%S.zip")
+    path = new_folder("conversations") / time.strftime("qwen2-vl-conversation-%Y%m%d-%H%M%S.zip")
     return gr.File(value=str(export_transcript(history, path)), visible=True)
 
 
@@ -230,7 +226,7 @@ def import_conversation(path: str | None) -> tuple[Any, Any]:
     if not path:
         return gr.skip(), gr.skip()
     try:
-        return import_transcript(path, CONVERSATIONS / uuid.uuid4().hex), None
+        return import_transcript(path, new_folder("conversations") / "imported"), None
     except UserFacingError as exc:
         raise gr.Error(str(exc)) from None
 
