@@ -196,10 +196,14 @@ def main() -> None:
     print(f"raw generate : TTFT {raw_ttft * 1000:7.1f} ms   {raw_rate:6.1f} tokens/s")
     print(f"engine, no UI: TTFT {engine_ttft * 1000:7.1f} ms   {engine_rate:6.1f} tokens/s")
     print(f"through app  : TTFT {app_ttft * 1000:7.1f} ms   {app_rate:6.1f} tokens/s")
-    print(f"TTFT added   : engine {(engine_ttft - raw_ttft) * 1000:+.1f} ms, "
-          f"app {(app_ttft - raw_ttft) * 1000:+.1f} ms (target <= +30 ms)")
-    print(f"throughput   : engine {engine_rate / raw_rate:.3f}, app {app_rate / raw_rate:.3f} "
-          "of raw (target >= 0.97)")
+    print(
+        f"TTFT added   : engine {(engine_ttft - raw_ttft) * 1000:+.1f} ms, "
+        f"app {(app_ttft - raw_ttft) * 1000:+.1f} ms (target <= +30 ms)"
+    )
+    print(
+        f"throughput   : engine {engine_rate / raw_rate:.3f}, app {app_rate / raw_rate:.3f} "
+        "of raw (target >= 0.97)"
+    )
 
 
 if __name__ == "__main__":
