@@ -22,7 +22,7 @@ from typing import Any
 # family -> transformers class-name prefix (Qwen2VLConfig, Qwen2_5_VLProcessor, ...)
 _CLASS_PREFIX = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}
 FAMILIES = tuple(_CLASS_PREFIX)
-SIZES = ("tiny", "small", "bench")
+SIZES = ("tiny", "small", "bench")  # "2b" is built by bench/gpu_check.py, on a GPU
 MARKER_FILE = "tiny_checkpoint.json"
 # Files every complete build holds (besides the marker, which is written last).
 REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
@@ -148,6 +148,8 @@ _DIMS = {
     "small": _Dims(256, 4, 8, 2, 512, (4, 6, 6), 64, 2, 4, 256),
     # Benchmarks: ~100M parameters, about 20 ms a token on 2 CPU cores, like a 7B on a GPU.
     "bench": _Dims(1024, 8, 16, 4, 2816, (8, 12, 12), 256, 4, 4, 1024),
+    # Qwen2-VL-2B-Instruct's shape (bench/gpu_check.py only: 2B parameters, needs a GPU).
+    "2b": _Dims(1536, 28, 12, 2, 8960, (16, 24, 24), 1280, 32, 16, 5120),
 }
 
 
@@ -284,7 +286,7 @@ def build_processor(family: str, tokenizer: Any) -> Any:
     )
 
 
-def _build_generation_config(tokenizer: Any) -> Any:
+def build_generation_config(tokenizer: Any) -> Any:
     from transformers import GenerationConfig
 
     end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -307,7 +309,7 @@ def _write_checkpoint(out_dir: Path, marker: dict[str, Any]) -> None:
     config = build_config(family, size, tokenizer)
     model_class = getattr(transformers, f"{_CLASS_PREFIX[family]}ForConditionalGeneration")
     model = model_class(config).to(torch.float32).eval()
-    model.generation_config = _build_generation_config(tokenizer)
+    model.generation_config = build_generation_config(tokenizer)
     model.save_pretrained(out_dir)
     build_processor(family, tokenizer).save_pretrained(out_dir)
     (out_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
