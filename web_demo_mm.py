@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     settings = parse_args(argv)
     from app.engine import create_engine
     from app.ui import build_demo
