@@ -114,14 +114,19 @@ def _kind(path: str, mtime: float) -> str:
     return sniff_kind(path)
 
 
-def classify(path: str) -> str:
-    """Image or video, from the file's content (cached per path and modification time)."""
+def _mtime(path: str) -> float:
+    """The file's modification time (half of the caches' key); a vanished file is a message."""
     try:
-        return _kind(path, os.path.getmtime(path))
+        return os.path.getmtime(path)
     except OSError:
         raise UserFacingError(
             f"The file {os.path.basename(path)} is no longer available."
         ) from None
+
+
+def classify(path: str) -> str:
+    """Image or video, from the file's content (cached per path and modification time)."""
+    return _kind(path, _mtime(path))
 
 
 @functools.lru_cache(maxsize=32)
@@ -131,12 +136,7 @@ def _load(path: str, mtime: float, limits: MediaLimits) -> ImageInput | VideoInp
 
 def load(path: str, limits: MediaLimits) -> ImageInput | VideoInput:
     """Decoded, resized media; cached so that earlier turns are not decoded again each turn."""
-    try:
-        return _load(path, os.path.getmtime(path), limits)
-    except OSError:
-        raise UserFacingError(
-            f"The file {os.path.basename(path)} is no longer available."
-        ) from None
+    return _load(path, _mtime(path), limits)
 
 
 def _usable(path: str, limits: MediaLimits) -> bool:

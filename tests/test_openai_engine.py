@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from app.engine.openai import (
 )
 from app.errors import UserFacingError
 from app.media import ImageInput, VideoInput
+from tests.conftest import free_port
 
 SERVER_START_SECONDS = 90
 QUESTION = [{"type": "image", "image": "/uploads/cat.png"}, {"type": "text", "text": "What is it?"}]
@@ -54,12 +54,6 @@ def decode_data_url(url: str) -> Image.Image:
     header, payload = url.split(",", 1)
     assert header == "data:image/jpeg;base64"
     return Image.open(io.BytesIO(base64.b64decode(payload)))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sse(*chunks: object) -> list[str]:
