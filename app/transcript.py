@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from app.errors import UserFacingError
-from app.messages import content_parts
+from app.messages import content_parts, user_message_parts
 
 FORMAT = "qwen2-vl-web-demo/transcript"
 VERSION = 1
@@ -230,8 +230,7 @@ def user_turn_messages(message: Mapping[str, Any]) -> list[Message]:
     Kept apart, each is a message of its own in the chat, so editing the text (which replaces
     the edited message's whole content) keeps the turn's images and videos in the history.
     """
-    files = [f.get("path") if isinstance(f, Mapping) else f for f in message.get("files") or []]
-    turn: list[Message] = [{"role": "user", "content": {"path": str(f)}} for f in files if f]
-    if message.get("text"):
-        turn.append({"role": "user", "content": message["text"]})
-    return turn
+    return [
+        {"role": "user", "content": {"path": value} if kind == "file" else value}
+        for kind, value in user_message_parts(message)
+    ]
