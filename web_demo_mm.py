@@ -6,17 +6,25 @@ import logging
 from collections.abc import Sequence
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app.config import Settings, parse_args
-from app.engine import Engine
-from app.hosting import health_route, parse_auth, server_name
+from app.engine import CheckpointNotFound, Engine
+from app.hosting import LoginThrottle, health_route, parse_auth, security_headers, server_name
+from app.trust import ASSETS
 
 
 def serve(demo: gr.Blocks, engine: Engine, settings: Settings, block: bool = True) -> gr.Blocks:
-    """Queues and launches the page with the settings' network options and /health."""
-    from app.ui import ASSETS
-
-    demo.queue(default_concurrency_limit=64).launch(
+    """Queues and launches the page with the settings' network options, /health, and the
+    middlewares in front of Gradio (security headers, login throttle, stream tracking)."""
+    middleware = [
+        Middleware(security_headers),
+        Middleware(LoginThrottle().middleware),
+        Middleware(demo.streams.middleware),  # type: ignore[attr-defined]
+    ]
+    # api_open=False: queued events cannot be called around the queue (and its limits).
+    demo.queue(default_concurrency_limit=64, max_size=settings.max_queue_size, api_open=False)
+    demo.launch(
         server_name=server_name(settings),
         server_port=settings.server_port,
         share=settings.share,
@@ -24,7 +32,7 @@ def serve(demo: gr.Blocks, engine: Engine, settings: Settings, block: bool = Tru
         auth=parse_auth(settings.auth),
         max_file_size=int(settings.max_upload_mb * 1024 * 1024),
         allowed_paths=[str(ASSETS)],  # besides uploads, only the app's own assets are served
-        app_kwargs={"routes": [health_route(engine, settings)]},
+        app_kwargs={"routes": [health_route(engine, settings)], "middleware": middleware},
         prevent_thread_lock=not block,
     )
     return demo
@@ -39,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from app.engine import create_engine
     from app.ui import build_demo
 
-    engine = create_engine(settings)  # local weights load while the page is already up
+    try:
+        engine = create_engine(settings)  # local weights load while the page is already up
+    except CheckpointNotFound as exc:
+        raise SystemExit(f"error: {exc}") from None
     serve(build_demo(engine, settings), engine, settings)
 
 

@@ -1,16 +1,16 @@
 """The prompt's token budget: what each message costs, and which oldest turns to leave out.
 
-Pure functions. A prompt is counted the way Qwen2-VL's chat template writes it: each message is
-rendered as the template renders it, minus the image/video pad tokens, and counted with the
-engine's `count_tokens` (exact for the local engine: every message starts with <|im_start|>, a
-special token, so messages tokenize independently and their counts add up). The pads are then
-added from each item's resized size, as the processor computes them: an image of h x w pixels is
-(h/28)*(w/28) tokens, a video of n frames (n/2)*(h/28)*(w/28). The vision start/end markers stay
-in the rendered text and are counted there.
+Pure functions, run before anything is decoded. A prompt is counted the way Qwen2-VL's chat
+template writes it: each message is rendered as the template renders it, minus the image/video
+pad tokens, and counted with the engine's `count_tokens` (exact for the local engine: every
+message starts with <|im_start|>, a special token, so messages tokenize independently and their
+counts add up). The pads are then added from each media object's plan (`Media.tokens`, from its
+header: an image of h x w pixels is (h/28)*(w/28) tokens, a video of n frames
+(n/2)*(h/28)*(w/28)). The vision start/end markers stay in the rendered text and are counted.
 
 The rule: prompt tokens + the answer's max_new_tokens must fit in max_context, so the answer
-always has room. Beyond it the oldest whole turns are left out; the system prompt and the
-current turn never are.
+always has room, and the prompt holds at most `max_media` images and videos. Beyond either the
+oldest whole turns are left out; the system prompt and the current turn never are.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.errors import UserFacingError
-from app.media import FACTOR, FRAME_FACTOR, ImageInput, VideoInput
 
 CountTokens = Callable[[str], int]
 # What the template writes around the messages: the default system prompt when none is given,
@@ -49,24 +48,11 @@ class Cost:
 
 @dataclass(frozen=True)
 class Fit:
-    """The part of a conversation that fits: its messages, their media, and what was left out."""
+    """The part of a conversation that fits (its media inside), and what was left out."""
 
     messages: list[dict[str, Any]]
-    media: list[ImageInput | VideoInput]
     tokens: int
     turns_left_out: int
-
-
-def grid_tokens(width: int, height: int) -> int:
-    """Visual tokens of one image (or one pair of video frames) at its resized size."""
-    return (width // FACTOR) * (height // FACTOR)
-
-
-def visual_tokens(item: ImageInput | VideoInput) -> int:
-    """Pad tokens of an image or video, which arrive already resized to multiples of 28."""
-    if isinstance(item, ImageInput):
-        return grid_tokens(*item.image.size)
-    return len(item.frames) // FRAME_FACTOR * grid_tokens(*item.frames[0].size)
 
 
 def render_messages(messages: Sequence[Mapping[str, Any]], add_vision_id: bool) -> list[str]:
@@ -93,18 +79,14 @@ def render_messages(messages: Sequence[Mapping[str, Any]], add_vision_id: bool) 
 
 
 def message_costs(
-    messages: Sequence[Mapping[str, Any]],
-    media: Sequence[ImageInput | VideoInput],
-    count_tokens: CountTokens,
-    add_vision_id: bool,
+    messages: Sequence[Mapping[str, Any]], count_tokens: CountTokens, add_vision_id: bool
 ) -> list[Cost]:
-    """The cost of each message; `media` holds the messages' images and videos in order."""
-    items = iter(media)
+    """The cost of each message; its media parts hold objects with a `tokens` count."""
     costs = []
     for message, text in zip(messages, render_messages(messages, add_vision_id), strict=True):
         pads = dict.fromkeys(LABELS, 0)
         for part in _visual_parts(message):
-            pads[part["type"]] += visual_tokens(next(items))
+            pads[part["type"]] += part[part["type"]].tokens
         costs.append(Cost(count_tokens(text), pads["image"], pads["video"]))
     return costs
 
@@ -124,47 +106,62 @@ def fixed_cost(roles: Sequence[str], count_tokens: CountTokens) -> int:
 
 
 def turns_to_leave_out(
-    costs: Sequence[int], starts: Sequence[int], fixed: int, limit: int
+    costs: Sequence[int],
+    starts: Sequence[int],
+    fixed: int,
+    limit: int,
+    media: Sequence[int] | None = None,
+    max_media: int | None = None,
 ) -> int | None:
-    """How many of the oldest turns to leave out so that the rest fits in `limit` tokens.
+    """How many of the oldest turns to leave out so that the rest fits in `limit` tokens (and
+    holds at most `max_media` of the per-message `media` counts).
 
     `costs` are per message, `starts` the turns' first messages (at least one; what precedes
     the first is the system prompt, always kept). None when even the last turn does not fit.
     """
     head = fixed + sum(costs[: starts[0]])
     for dropped, start in enumerate(starts):
-        if head + sum(costs[start:]) <= limit:
+        fits_media = max_media is None or media is None or sum(media[start:]) <= max_media
+        if head + sum(costs[start:]) <= limit and fits_media:
             return dropped
     return None
 
 
 def fit(
     messages: Sequence[Mapping[str, Any]],
-    media: Sequence[ImageInput | VideoInput],
     count_tokens: CountTokens,
     max_context: int,
     max_new_tokens: int,
     add_vision_id: bool = False,
+    max_media: int | None = None,
 ) -> Fit:
     """The conversation without its oldest turns, as needed; UserFacingError when even the
     current turn, with the system prompt, leaves no room for a max_new_tokens answer."""
     roles = [m["role"] for m in messages]
-    costs = message_costs(messages, media, count_tokens, add_vision_id)
+    costs = message_costs(messages, count_tokens, add_vision_id)
     starts = turn_starts(roles) or [len(messages)]
     fixed = fixed_cost(roles, count_tokens)
     dropped = turns_to_leave_out(
-        [c.total for c in costs], starts, fixed, max_context - max_new_tokens
+        [c.total for c in costs],
+        starts,
+        fixed,
+        max_context - max_new_tokens,
+        [len(_visual_parts(m)) for m in messages],
+        max_media,
     )
     if dropped is None:
         system = fixed + sum(c.total for c in costs[: starts[0]])
         current = sum(costs[starts[-1] :], Cost())
+        if max_media is not None and _items(messages[starts[-1] :]) > max_media:
+            raise UserFacingError(
+                f"This message holds more than {max_media} images and videos, the most one "
+                "answer may look at. Send them over several turns."
+            )
         raise UserFacingError(too_large_message(current, system, max_context, max_new_tokens))
     head, keep_from = starts[0], starts[dropped]
     kept = [*messages[:head], *messages[keep_from:]]
-    skipped = slice(_items(messages[:head]), _items(messages[:keep_from]))
     return Fit(
         messages=[dict(m) for m in kept],
-        media=[*media[: skipped.start], *media[skipped.stop :]],
         tokens=fixed + sum(c.total for c in costs[:head] + costs[keep_from:]),
         turns_left_out=dropped,
     )

@@ -1,35 +1,39 @@
-"""One chat turn: history + new message + options -> engine request -> growing chat messages.
+"""One chat turn: history + new message + options -> engine request -> growing answer.
 
-Everything between the UI and the engine: validation, media loading, the token budget
-(app.budget: oldest turns left out beyond --max-context), turning the engine's raw text into
-what the chat shows, and one `app.requests` log line per turn (app.requestlog). The UI only
-wires this to components. Gradio runs `respond` (a sync generator) in a worker thread, so
-decoding uploads here never blocks the event loop or other users.
+Everything between the UI and the engine: validation, the media objects (`app.media.prepare`:
+headers only), the token budget (`app.budget`: oldest turns left out beyond --max-context,
+before anything is decoded), the fair-use checks (`app.admission`), turning the engine's raw
+text into what the chat shows, and one `app.requests` log line per turn (`app.requestlog`).
+`answer` yields `Update`s (the API reads them); `respond` shows them as chat messages, with
+errors as notices. Gradio runs both (sync generators) in worker threads, so decoding uploads
+here never blocks the event loop or other users.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.budget import CountTokens, fit
+from app.admission import Admission, Caller
+from app.budget import fit
 from app.config import Settings
-from app.engine import ChatRequest, Delta, Engine, GenerationOptions
+from app.engine import ChatRequest, Delta, Engine
 from app.errors import UserFacingError
-from app.grounding import display_text, draw_boxes, parse_boxes
-from app.media import ImageInput, MediaLimits, VideoInput, load_media, sniff_kind
+from app.grounding import Grounding, display_text, drawing, locate
+from app.media import Media, prepare
 from app.messages import (
-    content_parts,
+    attach_media,
     conversation_messages,
     is_notice,
-    media_items,
+    media_of,
+    template_token_filter,
     user_message_parts,
 )
+from app.options import ChatOptions, chat_options
 from app.requestlog import (
     LOGGER,
     RequestLog,
@@ -41,33 +45,16 @@ from app.requestlog import (
 from app.scratch import new_folder
 
 ChatMessages = list[dict[str, Any]]
-DRAWING_MIN_SIDE = 640  # pixels: smaller images are enlarged before their boxes are drawn
 # Seconds between two updates of a streaming answer: smooth to read, and a fast model's tokens
 # are sent in small groups instead of one message each (the first token is sent at once).
 STREAM_INTERVAL = 0.05
+ERROR_TITLE = "⚠️ Could not answer"
+HISTORY_FORM = (
+    'The history must be a list of messages such as [{"role": "user", "content": "Hi"}, '
+    '{"role": "assistant", "content": "Hello!"}]; content may also be a list of parts: '
+    '{"type": "text", "text": ...} or {"type": "file", "file": handle_file(...)}.'
+)
 request_log = logging.getLogger(LOGGER)
-
-
-@dataclass(frozen=True)
-class ChatOptions:
-    """Per-session settings (the Settings accordion and the /chat API's extra parameters)."""
-
-    system_prompt: str = ""
-    add_vision_id: bool = True  # label "Picture N:" only when the conversation has >1 item
-    generation: GenerationOptions = field(default_factory=GenerationOptions)
-    media: MediaLimits = field(default_factory=MediaLimits)
-
-
-def limits_from_settings(settings: Settings) -> MediaLimits:
-    return replace(
-        MediaLimits(),
-        min_pixels=settings.min_pixels,
-        max_pixels=settings.max_pixels,
-        video_fps=settings.video_fps,
-        max_frames=settings.max_frames,
-        max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
-        max_video_seconds=settings.max_video_seconds,
-    )
 
 
 def notice(title: str, text: str = "", done: bool = False) -> dict[str, Any]:
@@ -103,68 +90,18 @@ def left_out_notice(turns: int, max_context: int) -> dict[str, Any]:
     return notice(
         f"✂️ {turns} earlier turn{plural} left out",
         f"The conversation no longer fits in the model's context ({max_context} tokens, "
-        f"room for the answer included), so the model did not see the {turns} oldest "
-        f"turn{plural}. Clear the chat to start afresh.",
+        f"room for the answer included, at most the newest images and videos), so the model "
+        f"did not see the {turns} oldest turn{plural}. Clear the chat to start afresh.",
         done=True,
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _kind(path: str, mtime: float) -> str:
-    return sniff_kind(path)
-
-
-def _mtime(path: str) -> float:
-    """The file's modification time (half of the caches' key); a vanished file is a message."""
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        raise UserFacingError(
-            f"The file {os.path.basename(path)} is no longer available."
-        ) from None
-
-
-def classify(path: str) -> str:
-    """Image or video, from the file's content (cached per path and modification time)."""
-    return _kind(path, _mtime(path))
-
-
-@functools.lru_cache(maxsize=32)
-def _load(path: str, mtime: float, limits: MediaLimits) -> ImageInput | VideoInput:
-    return load_media(path, limits)
-
-
-def load(path: str, limits: MediaLimits) -> ImageInput | VideoInput:
-    """Decoded, resized media; cached so that earlier turns are not decoded again each turn."""
-    return _load(path, _mtime(path), limits)
-
-
-def _usable(path: str, limits: MediaLimits) -> bool:
-    try:
-        load(path, limits)
-        return True
-    except UserFacingError:
-        return False
-
-
-def _drop_unusable_history_media(
-    history: Sequence[Mapping[str, Any]], limits: MediaLimits
-) -> list[Mapping[str, Any]]:
-    """Earlier uploads that failed (their turn already said why) must not break later turns."""
-    kept = []
-    for message in history:
-        parts = content_parts(message.get("content"))
-        bad = [v for k, v in parts if k == "file" and not _usable(v, limits)]
-        if message.get("role") == "user" and bad:
-            if all(k == "file" for k, _ in parts):
-                continue
-            parts = [(k, v) for k, v in parts if v not in bad]
-            message = {**message, "content": [{"path": v} if k == "file" else v for k, v in parts]}
-        kept.append(message)
-    return kept
-
-
 def validate_message(message: Mapping[str, Any] | str, settings: Settings) -> None:
+    if not isinstance(message, str | Mapping):
+        raise UserFacingError(
+            'The message must be text or {"text": "...", "files": [...]}; '
+            f"got {type(message).__name__}."
+        )
     parts = user_message_parts(message)
     files = [v for k, v in parts if k == "file"]
     if not parts:
@@ -184,59 +121,96 @@ class Turn:
     prompt_tokens: int
     turns_left_out: int
 
+    @property
+    def media(self) -> list[Media]:
+        return media_of(self.request.messages)
+
 
 def build_request(
     message: Mapping[str, Any] | str,
     history: Sequence[Mapping[str, Any]],
     options: ChatOptions,
     settings: Settings,
-    count_tokens: CountTokens,
-    session_id: str = "",
+    engine: Engine,
+    client: str = "",
 ) -> Turn:
     """The engine request for a turn, oldest turns left out to fit --max-context.
 
-    Bad files in this turn, or a turn too large on its own, raise UserFacingError.
+    Every file becomes a media object from its header alone; only the turns that fit are ever
+    decoded (by the engine). Bad files in this turn, a file outside the trust rule anywhere, or
+    a turn too large on its own raise UserFacingError.
     """
     validate_message(message, settings)
-    for kind, path in user_message_parts(message):
-        if kind == "file":
-            load(path, options.media)  # this turn's files: errors reach the user
-    history = _drop_unusable_history_media(history, options.media)
-    messages = conversation_messages(history, message, classify, options.system_prompt)
-    media = [load(item[item["type"]], options.media) for item in media_items(messages)]
-    vision_id = options.add_vision_id and len(media) > 1  # numbering all: an upper bound
+    clean = template_token_filter(engine.template_tokens)
+    messages = conversation_messages(history, message, options.system_prompt, clean)
+
+    def open_file(path: str) -> Media:
+        return prepare(path, options.media, engine.geometry, scope=client)
+
+    messages = attach_media(messages, open_file)
+    vision_id = options.add_vision_id and len(media_of(messages)) > 1  # an upper bound
     fitted = fit(
         messages,
-        media,
-        count_tokens,
+        engine.count_tokens,
         settings.max_context,
         options.generation.max_new_tokens,
         vision_id,
+        settings.max_media,
     )
     request = ChatRequest(
         messages=fitted.messages,
-        media=fitted.media,
         options=options.generation,
-        add_vision_id=options.add_vision_id and len(fitted.media) > 1,
-        session_id=session_id,
+        add_vision_id=options.add_vision_id and len(media_of(fitted.messages)) > 1,
+        client=client,
     )
     return Turn(request, fitted.tokens, fitted.turns_left_out)
 
 
-def boxes_image(raw: str, family: str, media: Sequence[ImageInput | VideoInput]) -> str | None:
-    """A PNG of the conversation's latest image with the answer's grounding boxes, if any."""
-    image = next((m.image for m in reversed(media) if isinstance(m, ImageInput)), None)
-    if image is None:
-        return None
-    boxes = parse_boxes(raw, family, image_size=image.size)  # image.size: what the model saw
-    if not boxes:
-        return None
-    scale = DRAWING_MIN_SIDE / min(image.size)
-    if scale > 1:  # boxes are relative: draw on a larger copy, so lines and labels stay legible
-        image = image.resize((round(image.width * scale), round(image.height * scale)))
-    path = new_folder("boxes") / "boxes.png"
-    draw_boxes(image, boxes).save(path, format="PNG")
-    return str(path)
+@dataclass(frozen=True)
+class Update:
+    """One turn's answer so far: the notices before it, the raw and the shown text; once
+    `done`, its statistics and grounding (boxes, and the drawn image's path)."""
+
+    lead: tuple[dict[str, Any], ...] = ()
+    raw: str = ""
+    done: bool = False
+    stats: str = ""
+    grounding: Grounding | None = None
+    drawing: str | None = None
+
+    @property
+    def text(self) -> str:
+        return display_text(self.raw)
+
+    def details(self) -> dict[str, Any]:
+        """The update as data (the /chat_details API): boxes in the original image's pixels."""
+        found = self.grounding
+        return {
+            "text": self.text,
+            "raw": self.raw,
+            "done": self.done,
+            "stats": self.stats,
+            "notices": [m["metadata"]["title"] for m in self.lead],
+            "grounding": None
+            if found is None
+            else {
+                "image": found.image,
+                "name": found.name,
+                "size": list(found.size),
+                "boxes": found.pixel_boxes(),
+            },
+        }
+
+    def messages(self) -> ChatMessages:
+        """The update as the chatbot shows it."""
+        shown: ChatMessages = list(self.lead)
+        if self.raw or self.done:
+            shown.append({"role": "assistant", "content": self.text})
+        if self.drawing:
+            shown.append({"role": "assistant", "content": {"path": self.drawing}})
+        if self.done:
+            shown.append(notice(self.stats, done=True))
+        return shown
 
 
 @dataclass
@@ -262,44 +236,73 @@ class _Progress:
         return None if moment is None else moment - self.started
 
 
-def respond(
+def answer(
     engine: Engine,
     settings: Settings,
     message: Mapping[str, Any] | str,
     history: Sequence[Mapping[str, Any]],
-    options: ChatOptions,
+    options: ChatOptions | Mapping[str, Any],
     *,
-    session_id: str = "",
-) -> Iterator[ChatMessages]:
-    """Yields the growing assistant messages of one turn; raises UserFacingError on bad input.
+    caller: Caller = Caller(),
+    admission: Admission | None = None,
+) -> Iterator[Update]:
+    """Yields the growing answer to `message` after `history`; raises UserFacingError.
 
-    `session_id` is Gradio's session hash; only a keyed hash of it is kept or logged. One line
-    goes to the `app.requests` log however the turn ends (stop and disconnect included).
+    `options` may be a client's raw settings (by `app.options` name), checked here. One line
+    goes to the `app.requests` log however the turn ends (stop and disconnect included); only
+    keyed hashes of the session and the client are kept or logged.
     """
-    session = anonymous_id(session_id)
     progress = _Progress()
     turn: Turn | None = None
     error: BaseException | None = None
+    scope = anonymous_id(caller.client) if caller.client else ""
     try:
-        turn = build_request(message, history, options, settings, engine.count_tokens, session)
-        progress.prepared = time.perf_counter()
-        left_out = turn.turns_left_out
-        lead = [left_out_notice(left_out, settings.max_context)] if left_out else []
-        yield from _answer(engine, turn, progress, lead)
+        if not isinstance(options, ChatOptions):
+            options = chat_options(options, settings, engine.generation_defaults)
+        if not isinstance(history, list):
+            raise UserFacingError(HISTORY_FORM)
+        with admission.enter(caller) if admission else contextlib.nullcontext():
+            turn = build_request(message, history, options, settings, engine, scope)
+            progress.prepared = time.perf_counter()
+            left_out = turn.turns_left_out
+            lead = (left_out_notice(left_out, settings.max_context),) if left_out else ()
+            yield from _stream(engine, turn, progress, lead)
     except BaseException as exc:  # GeneratorExit included: the user stopped or left
         error = exc
         raise
     finally:
-        entry = _log_entry(session, progress, turn, error)
+        entry = _log_entry(anonymous_id(caller.session), progress, turn, error)
         if settings.log_content:
             entry = replace(entry, message=_message_text(message), answer=progress.raw)
         request_log.info(format_line(entry))
 
 
-def _answer(
-    engine: Engine, turn: Turn, progress: _Progress, lead: ChatMessages
+def respond(
+    engine: Engine,
+    settings: Settings,
+    message: Mapping[str, Any] | str,
+    history: Sequence[Mapping[str, Any]],
+    options: ChatOptions | Mapping[str, Any],
+    *,
+    caller: Caller = Caller(),
+    admission: Admission | None = None,
 ) -> Iterator[ChatMessages]:
-    """The engine's answer as growing chat messages after `lead`, then with its statistics.
+    """The growing answer as chat messages; bad input ends it with an error notice."""
+    shown: ChatMessages = []
+    try:
+        for update in answer(
+            engine, settings, message, history, options, caller=caller, admission=admission
+        ):
+            shown = update.messages()
+            yield shown
+    except UserFacingError as exc:
+        yield [m for m in shown if not is_notice(m)] + [notice(ERROR_TITLE, str(exc))]
+
+
+def _stream(
+    engine: Engine, turn: Turn, progress: _Progress, lead: tuple[dict[str, Any], ...]
+) -> Iterator[Update]:
+    """The engine's answer as Updates after `lead`, then the finished one.
 
     The engine's raw text keeps Qwen's special tokens (grounding markers); the chat shows
     `display_text` of it, plus an image with the boxes drawn once the answer is complete.
@@ -308,21 +311,28 @@ def _answer(
     for delta in engine.stream(turn.request):
         now = time.perf_counter()
         if delta.queue_position is not None and not progress.raw:
-            yield [*lead, waiting_notice(delta.queue_position, delta.wait_seconds)]
+            yield Update(lead=(*lead, waiting_notice(delta.queue_position, delta.wait_seconds)))
             continue
         if progress.first_token is None and delta.tokens:
             shown_at = 0.0  # the first token is shown at once
         progress.add(delta, now)
         if now - shown_at >= STREAM_INTERVAL:  # also the heartbeat that lets Stop close us
             shown_at = now
-            yield [*lead, {"role": "assistant", "content": display_text(progress.raw)}]
-    answer = [{"role": "assistant", "content": display_text(progress.raw)}]
-    drawing = boxes_image(progress.raw, engine.family, turn.request.media)
-    if drawing:
-        answer.append({"role": "assistant", "content": {"path": drawing}})
+            yield Update(lead=lead, raw=progress.raw)
+    images = [m for m in turn.media if m.kind == "image"]
+    found = locate(progress.raw, engine.family, images)
     ttft = progress.since_start(progress.first_token)
     stats = format_stats(progress.tokens, ttft, time.perf_counter() - progress.started)
-    yield [*lead, *answer, notice(stats, done=True)]
+    path = _save_drawing(found, images) if found else None
+    yield Update(lead, progress.raw, True, stats, found, path)
+
+
+def _save_drawing(found: Grounding, images: Sequence[Media]) -> str:
+    """The drawn boxes as a PNG in the app's scratch folder."""
+    seen = images[found.image - 1].decode()
+    path = new_folder("boxes") / "boxes.png"
+    drawing(found, seen.image).save(path, format="PNG")  # type: ignore[union-attr]
+    return str(path)
 
 
 def _log_entry(
@@ -330,7 +340,7 @@ def _log_entry(
 ) -> RequestLog:
     """The request's log line (without content) from how far it got."""
     now = time.perf_counter()
-    media = turn.request.media if turn else ()
+    media = turn.media if turn else []
     waited = (
         progress.engine_started - progress.prepared
         if progress.engine_started is not None and progress.prepared is not None
@@ -346,8 +356,8 @@ def _log_entry(
         tokens_per_s=tokens_per_second(progress.tokens, progress.first_token, now),
         prepare_s=progress.since_start(progress.prepared),
         total_s=now - progress.started,
-        images=sum(isinstance(item, ImageInput) for item in media),
-        videos=sum(isinstance(item, VideoInput) for item in media),
+        images=sum(m.kind == "image" for m in media),
+        videos=sum(m.kind == "video" for m in media),
         turns_left_out=turn.turns_left_out if turn else 0,
     )
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_CKPT_PATH = "Qwen/Qwen2-VL-7B-Instruct"
+# How --backend openai sends a video: its frames as images (any server), or one video (vLLM).
+VIDEO_FORMATS = ("frames", "video/jpeg")
 ENV_PREFIX = "QWEN_DEMO_"
 
 
@@ -80,6 +82,14 @@ class Settings:
             help="prompt token budget; older turns are left out beyond it",
         ),
     )
+    max_media: int = field(
+        default=32,
+        metadata=_flag(
+            "--max-media",
+            help="most images and videos one answer looks at, history included (older turns "
+            "are left out beyond it)",
+        ),
+    )
     backend: str = field(
         default="local",
         metadata=_flag(
@@ -111,7 +121,7 @@ class Settings:
         default="frames",
         metadata=_flag(
             "--api-video-format",
-            choices=("frames", "video/jpeg"),
+            choices=VIDEO_FORMATS,
             help="send videos as image frames (any server) or one video_url of JPEG frames (vLLM)",
         ),
     )
@@ -121,6 +131,17 @@ class Settings:
             "--max-batch-size", help="most requests the local engine generates together"
         ),
     )
+    max_chats_per_client: int = field(
+        default=16,
+        metadata=_flag(
+            "--max-chats-per-client",
+            help="most answers one client (login or address) may have running or waiting",
+        ),
+    )
+    max_queue_size: int = field(
+        default=128,
+        metadata=_flag("--max-queue-size", help="most requests waiting in the queue, all clients"),
+    )
     auth: str = field(
         default="",
         metadata=_flag("--auth", help="user:password, or a file with one user:password per line"),
@@ -129,6 +150,25 @@ class Settings:
         default=False,
         metadata=_flag("--log-content", help="also log what users wrote (off: metadata only)"),
     )
+
+    @property
+    def model_name(self) -> str:
+        """The model's name as the page, /health and the status line show it: a hub id, or a
+        local folder's base name (never a server path); for a remote server, --model."""
+        if self.backend == "openai":
+            return self.model or "the server's model"
+        return display_model_name(self.checkpoint_path)
+
+
+def display_model_name(checkpoint: str) -> str:
+    """`Qwen/Qwen2-VL-7B-Instruct` as it is; `/srv/models/qwen-7b/` as `qwen-7b`."""
+    text = checkpoint.rstrip("/\\")
+    looks_like_hub_id = (
+        text.count("/") == 1 and not text.startswith((".", "~")) and "\\" not in text
+    )
+    if looks_like_hub_id and not os.path.exists(text):
+        return text
+    return os.path.basename(text) or "model"
 
 
 def env_name(field_name: str) -> str:

@@ -20,9 +20,11 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from PIL import Image, ImageDraw, ImageFont
+
+from app.media.images import rgb_on_white
 
 Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 FAMILIES: tuple[Family, ...] = get_args(Family)
@@ -33,6 +35,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
     (128, 0, 0), (0, 0, 128),
 )  # fmt: skip
+DRAWING_MIN_SIDE = 640  # pixels: smaller images are enlarged before their boxes are drawn
 LINE_WIDTH_DIVISOR = 160  # line width = shorter image side / this (at least 1 px)
 FONT_SIZE_DIVISOR = 20  # font size = shorter image side / this (at least MIN_FONT_SIZE)
 MIN_FONT_SIZE = 8
@@ -54,6 +57,68 @@ class Box:
     y1: float
     x2: float
     y2: float
+
+
+class Picture(Protocol):
+    """What grounding needs of an image in the conversation (an `app.media.Media`)."""
+
+    name: str
+    header: Any  # .width, .height: the original size, EXIF orientation applied
+
+    @property
+    def fed_size(self) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """An answer's boxes and the image they are on: its place among the conversation's images
+    (1 = "Picture 1"), name and original size (EXIF orientation applied)."""
+
+    image: int
+    name: str
+    size: tuple[int, int]
+    boxes: tuple[Box, ...]
+
+    def pixel_boxes(self) -> list[dict[str, Any]]:
+        """The boxes in the original image's pixels, as the API and the tools return them."""
+        width, height = self.size
+        return [
+            {
+                "label": box.label,
+                "bbox": [
+                    round(box.x1 * width),
+                    round(box.y1 * height),
+                    round(box.x2 * width),
+                    round(box.y2 * height),
+                ],
+            }
+            for box in self.boxes
+        ]
+
+
+def locate(raw: str, family: Family, images: Sequence[Picture]) -> Grounding | None:
+    """The boxes of a raw answer and the image they are on: the conversation's latest image.
+
+    Qwen2.5-VL's pixel coordinates are read against the size the model saw (`fed_size`).
+    """
+    if not images:
+        return None
+    index = len(images) - 1
+    image = images[index]
+    boxes = parse_boxes(raw, family, image_size=image.fed_size)
+    if not boxes:
+        return None
+    size = (int(image.header.width), int(image.header.height))
+    return Grounding(index + 1, image.name, size, tuple(boxes))
+
+
+def drawing(grounding: Grounding, seen: Image.Image) -> Image.Image:
+    """The boxes drawn on the image the model saw, enlarged so that lines and labels stay
+    legible (boxes are relative, so any size will do)."""
+    scale = DRAWING_MIN_SIDE / min(seen.size)
+    if scale > 1:
+        seen = seen.resize((round(seen.width * scale), round(seen.height * scale)))
+    return draw_boxes(seen, grounding.boxes)
 
 
 def family_of(model_type: str | None) -> Family:
@@ -167,6 +232,8 @@ def _parse_json(text: str, scale: tuple[float, float]) -> list[Box]:
             item = json.loads(chunk)
         except ValueError:
             item = _loose_object(chunk) if is_leaf else None  # e.g. a trailing comma
+        except RecursionError:  # nested deeper than the JSON reader goes: not a box
+            item = None
         if not isinstance(item, dict) or not isinstance(item.get("bbox_2d"), list):
             continue
         label = item.get("label", "")
@@ -235,7 +302,7 @@ def _bold(label: str) -> str:
 
 def draw_boxes(image: Image.Image, boxes: Sequence[Box]) -> Image.Image:
     """An RGB copy of image with each box outlined and labelled; one colour per distinct label."""
-    canvas = _rgb_copy(image)
+    canvas = rgb_on_white(image).copy()
     width, height = canvas.size
     line_width = max(1, round(min(width, height) / LINE_WIDTH_DIVISOR))
     font = _font(max(MIN_FONT_SIZE, round(min(width, height) / FONT_SIZE_DIVISOR)))
@@ -250,15 +317,6 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Box]) -> Image.Image:
         if box.label:
             _draw_label(draw, canvas.size, box, colours[box.label], font)
     return canvas
-
-
-def _rgb_copy(image: Image.Image) -> Image.Image:
-    """An RGB copy; transparent parts become white rather than black."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # convert returns a copy even when the mode is already RGB
 
 
 def _pixel(fraction: float, size: int) -> int:

@@ -1,10 +1,20 @@
-"""Where the demo runs: Spaces detection, the bind address, demo-day passwords, the health route."""
+"""Where the demo runs and who reaches it: Spaces, the bind address, passwords and failed logins,
+who a client is, whose answer streams are read, the page's security headers, /health.
+
+The pieces that sit in front of Gradio are small pure ASGI middlewares (not Starlette's
+BaseHTTPMiddleware, which buffers the event streams Gradio's queue answers with).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -13,6 +23,34 @@ from app.config import Settings
 from app.engine import Engine
 
 LOCALHOST = "127.0.0.1"
+QUEUE_STREAM_PATH = "/gradio_api/queue/data"
+LOGIN_PATHS = ("/login", "/login/")
+FREE_LOGIN_FAILURES = 3  # failures before a client has to wait
+MAX_LOGIN_DELAY_SECONDS = 60.0
+# What the page may load and do. Model and user text is rendered as HTML by the chat: this
+# keeps any of it from loading outside images or scripts, or posting a form elsewhere.
+# Gradio's page needs inline scripts and styles, blob: workers and data: images.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:",
+        "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com",
+        "font-src 'self' data: https://fonts.gstatic.com",
+        "img-src 'self' data: blob:",
+        "media-src 'self' data: blob:",
+        "connect-src 'self' data: blob:",
+        "worker-src 'self' blob:",
+        "frame-src 'self'",
+        "form-action 'self'",
+        "base-uri 'self'",
+        "object-src 'none'",
+    )
+)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def on_spaces(environ: Mapping[str, str] = os.environ) -> bool:
@@ -46,10 +84,154 @@ def parse_auth(value: str) -> list[tuple[str, str]] | None:
     return users
 
 
+# --- who a client is --------------------------------------------------------------------------
+
+
+def peer_address(
+    client_host: str | None, headers: Mapping[str, str], environ: Mapping[str, str] = os.environ
+) -> str:
+    """The client's address: the peer's, or on Spaces the one its proxy added last to
+    X-Forwarded-For (earlier entries are whatever the client wrote)."""
+    forwarded = headers.get("x-forwarded-for", "")
+    if on_spaces(environ) and forwarded:
+        return forwarded.split(",")[-1].strip() or "unknown"
+    return client_host or "unknown"
+
+
+def client_of(username: str | None, client_host: str | None, headers: Mapping[str, str]) -> str:
+    """Who a request comes from, for every per-client bound: the login user, else the address.
+
+    (Gradio's session hash is chosen by the caller, so it identifies nobody.)
+    """
+    if username:
+        return f"user:{username}"
+    return f"address:{peer_address(client_host, headers)}"
+
+
+def _scope_headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _scope_address(scope: Scope) -> str:
+    host = (scope.get("client") or (None, None))[0]
+    return peer_address(host, _scope_headers(scope))
+
+
+# --- middlewares ------------------------------------------------------------------------------
+
+
+class StreamTracker:
+    """Counts the open answer streams (`/gradio_api/queue/data`) of each Gradio session.
+
+    Gradio runs a queued event whether or not anyone reads its results; the chat asks
+    `is_open(session)` before handing a request to the engine (`app.admission`), so a queue
+    join whose results are never fetched costs no generation. Gradio has no hook for this.
+    """
+
+    def __init__(self) -> None:
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        async def track(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or not scope["path"].endswith(QUEUE_STREAM_PATH):
+                return await app(scope, receive, send)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            session = query.get("session_hash", [""])[0]
+            with self._lock:
+                self._open[session] += 1
+            try:
+                await app(scope, receive, send)
+            finally:
+                with self._lock:
+                    self._open[session] -= 1
+                    if self._open[session] <= 0:
+                        del self._open[session]
+
+        return track
+
+    def is_open(self, session: str) -> bool:
+        with self._lock:
+            return self._open[session] > 0
+
+
+class LoginThrottle:
+    """Slows down failed logins per client address: after FREE_LOGIN_FAILURES failures, the next
+    attempt is refused (HTTP 429) until a delay that doubles with each failure has passed."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failures: Counter[str] = Counter()
+        self._next_try: dict[str, float] = {}
+
+    def delay(self, failures: int) -> float:
+        if failures < FREE_LOGIN_FAILURES:
+            return 0.0
+        return min(MAX_LOGIN_DELAY_SECONDS, 2.0 ** (failures - FREE_LOGIN_FAILURES))
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        async def throttle(scope: Scope, receive: Receive, send: Send) -> None:
+            is_login = scope["type"] == "http" and scope.get("method") == "POST"
+            if not is_login or scope["path"] not in LOGIN_PATHS:
+                return await app(scope, receive, send)
+            address = _scope_address(scope)
+            wait = self._next_try.get(address, 0.0) - self.clock()
+            if wait > 0:
+                response = JSONResponse(
+                    {"detail": f"Too many failed logins. Try again in {wait:.0f} s."},
+                    status_code=429,
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
+                return await response(scope, receive, send)
+            status: list[int] = []
+
+            async def watch(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+                await send(message)
+
+            await app(scope, receive, watch)
+            self._record(address, ok=bool(status) and status[0] < 400)
+
+        return throttle
+
+    def _record(self, address: str, ok: bool) -> None:
+        if ok:
+            self._failures.pop(address, None)
+            self._next_try.pop(address, None)
+            return
+        self._failures[address] += 1
+        self._next_try[address] = self.clock() + self.delay(self._failures[address])
+
+
+def security_headers(app: ASGIApp) -> ASGIApp:
+    """Adds the Content-Security-Policy and no-sniffing headers to every response."""
+
+    async def add_headers(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await app(scope, receive, with_headers)
+
+    return add_headers
+
+
+# --- /health ----------------------------------------------------------------------------------
+
+
 def health_route(engine: Engine, settings: Settings) -> APIRoute:
     """GET /health: 200 once the model answers, 503 while it loads or after it failed.
 
-    Open without a password, so that a load balancer or Spaces can probe it.
+    Open without a password, so that a load balancer or Spaces can probe it; it names the
+    model by its display name, never a server path.
     """
 
     def health() -> JSONResponse:
@@ -58,7 +240,7 @@ def health_route(engine: Engine, settings: Settings) -> APIRoute:
             "status": status.state,
             "message": status.message,
             "backend": settings.backend,
-            "model": settings.model or settings.checkpoint_path,
+            "model": settings.model_name,
         }
         return JSONResponse(body, status_code=200 if status.state == "ready" else 503)
 

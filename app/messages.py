@@ -1,24 +1,34 @@
-"""Chat history (Gradio's messages format) to Qwen2-VL message lists.
+"""Chat history (Gradio's messages format) <-> Qwen message lists.
 
-Pure functions: nothing here reads files or mutates its input. What a file holds (image or
-video) is decided by the `classify` callable the caller passes in (media.sniff_kind in the app).
+Pure functions: nothing here reads files or mutates its input. A file part stays a path
+(`{"type": "file", "path": ...}`) until `attach_media` turns it into the media object the
+caller's `open_file` makes of it (`app.media.prepare` in the app): `{"type": "image", "image":
+<Media>}` or the same for a video. The request then carries its media inside its messages.
 
 Conventions of the chat history this app writes:
 - a user turn may span several consecutive user messages (files, then text); they are merged
-  into one Qwen2-VL user turn, keeping their order;
+  into one Qwen user turn, keeping their order (`user_turn_messages` writes them);
 - an assistant message whose `metadata` has a `title` is a notice from the app (an error, the
   answer's statistics, "earlier turns were left out") and is never shown to the model; a user
   turn answered by notices alone (it failed) is left out with them;
 - assistant media (e.g. the image with grounding boxes drawn on it) is for the user only.
+
+What a client sends is untrusted: a `{"type": "component"}` part (Gradio's shape for a
+component such as gr.Image(...)) is never read as a file or as text, since this app writes
+none and Gradio does not check its value; paths are checked by `app.trust` where opened.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from app.errors import UserFacingError
+
 # Tokens that only the chat template may write: in a message's text they would open fake turns
-# or claim images that are not there (random or confused answers do produce them).
+# or claim images that are not there (random or confused answers do produce them). The engine
+# gives the loaded tokenizer's list (`Engine.template_tokens`); this is Qwen2-VL's.
 TEMPLATE_TOKENS = (
     "<|im_start|>",
     "<|im_end|>",
@@ -29,88 +39,150 @@ TEMPLATE_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+# Grounding markers are special tokens too, but the model's answers need them to keep their
+# boxes in later turns, and they cannot fake a turn or an image.
+GROUNDING_MARKERS = frozenset(
+    {
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+    }
+)
+MAX_NESTING = 32  # content nested deeper than this is not a chat message: ignored
 
-MediaKind = Literal["image", "video"]
-Classify = Callable[[str], MediaKind]
 Part = tuple[Literal["text", "file"], str]
+Message = dict[str, Any]
 
 
-def content_parts(content: Any) -> list[Part]:
+def content_parts(content: Any, depth: int = 0) -> list[Part]:
     """Normalises every content shape Gradio and its clients use into (kind, value) parts."""
-    if content is None:
+    if content is None or depth > MAX_NESTING:
         return []
     if isinstance(content, str):
         return [("text", content)] if content else []
     if isinstance(content, (list, tuple)):
-        return [part for item in content for part in content_parts(item)]
+        return [part for item in content for part in content_parts(item, depth + 1)]
     if isinstance(content, Mapping):
         kind = content.get("type")
         if kind == "text":
-            return content_parts(content.get("text"))
+            return content_parts(content.get("text"), depth + 1)
         if kind == "component":
-            return content_parts(content.get("value"))
+            return []  # never a file: see the module docstring
         if "file" in content:
-            return content_parts(content["file"])
-        path = content.get("path") or content.get("url")
-        return [("file", str(path))] if path else []
-    value = getattr(content, "value", None)  # a Gradio component such as gr.Image(path)
-    return content_parts(value) if value is not None else []
+            return content_parts(content["file"], depth + 1)
+        path = content.get("path")
+        return [("file", path)] if isinstance(path, str) and path else []
+    return []
 
 
-def clean_text(text: str) -> str:
-    """Text without template tokens (grounding markers such as <|box_start|> stay)."""
-    for token in TEMPLATE_TOKENS:
-        text = text.replace(token, "")
-    return text
+def template_token_filter(tokens: Iterable[str]) -> Callable[[str], str]:
+    """A function removing `tokens` from text until none is left (so that removing one cannot
+    join the pieces of another: `<|im_st<|video_pad|>art|>`)."""
+    ordered = sorted(set(tokens) - GROUNDING_MARKERS, key=len, reverse=True)
+    if not ordered:
+        return lambda text: text
+    pattern = re.compile("|".join(map(re.escape, ordered)))
+
+    def clean(text: str) -> str:
+        while True:
+            cleaned = pattern.sub("", text)
+            if cleaned == text:
+                return cleaned
+            text = cleaned
+
+    return clean
+
+
+clean_text = template_token_filter(TEMPLATE_TOKENS)
 
 
 def is_notice(message: Mapping[str, Any]) -> bool:
     """True for the app's own messages (errors, statistics, notices) in the history."""
-    metadata = message.get("metadata") or {}
-    return message.get("role") == "assistant" and bool(metadata.get("title"))
+    metadata = message.get("metadata")
+    return (
+        message.get("role") == "assistant"
+        and isinstance(metadata, Mapping)
+        and bool(metadata.get("title"))
+    )
 
 
-def _user_content(parts: Iterable[Part], classify: Classify) -> list[dict[str, str]]:
-    content = []
-    for kind, value in parts:
-        if kind == "text":
-            content.append({"type": "text", "text": clean_text(value)})
+def user_message_parts(message: Mapping[str, Any] | str) -> list[Part]:
+    """The parts of a new MultimodalTextbox message: its files in the order given, then its text."""
+    if isinstance(message, str):
+        return content_parts(message)
+    if not isinstance(message, Mapping):
+        return []
+    files: list[Part] = []
+    items = message.get("files") or []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, str):  # a plain path, as gradio_client and the textbox send it
+            files.append(("file", item))
         else:
-            media = classify(value)
-            content.append({"type": media, media: value})
-    return content
+            files.extend(part for part in content_parts(item) if part[0] == "file")
+    text = message.get("text")
+    return files + content_parts(text if isinstance(text, str) else "")
+
+
+def user_turn_messages(message: Mapping[str, Any] | str) -> list[Message]:
+    """A new multimodal message as chat history: one message per file, then one for the text.
+
+    Kept apart, each is a message of its own in the chat, so editing the text (which replaces
+    the edited message's whole content) keeps the turn's images and videos in the history.
+    """
+    return [
+        {"role": "user", "content": {"path": value} if kind == "file" else value}
+        for kind, value in user_message_parts(message)
+    ]
 
 
 def history_to_messages(
     history: Iterable[Mapping[str, Any]],
-    classify: Classify,
     system_prompt: str | None = None,
-) -> list[dict[str, Any]]:
-    """Qwen2-VL messages for a history: user turns merged, notices and assistant media left out."""
-    messages: list[dict[str, Any]] = []
-    if system_prompt:
-        messages.append({"role": "system", "content": system_prompt})
+    clean: Callable[[str], str] = clean_text,
+) -> list[Message]:
+    """Qwen messages for a history: user turns merged, notices and assistant media left out.
+
+    File parts stay `{"type": "file", "path": ...}` (see `attach_media`).
+    """
+    messages: list[Message] = []
+    system = clean(system_prompt or "")
+    if system:
+        messages.append({"role": "system", "content": system})
     noticed = False  # a notice came after the last user message
     for message in history:
+        if not isinstance(message, Mapping):
+            continue
         role = message.get("role")
         if is_notice(message):
             noticed = True
         elif role == "assistant":
-            _add(messages, "assistant", _answer_text(message))
+            _add(messages, "assistant", _answer_text(message, clean))
         elif role == "user":
             if noticed and messages and messages[-1]["role"] == "user":
                 messages.pop()  # that turn got notices but no answer (it failed): leave it out
             noticed = False
-            _add(messages, "user", _user_content(content_parts(message.get("content")), classify))
+            _add(messages, "user", _user_content(content_parts(message.get("content")), clean))
     return messages
 
 
-def _answer_text(message: Mapping[str, Any]) -> str:
+def _user_content(parts: Iterable[Part], clean: Callable[[str], str]) -> list[dict[str, str]]:
+    return [
+        {"type": "text", "text": clean(value)}
+        if kind == "text"
+        else {"type": "file", "path": value}
+        for kind, value in parts
+    ]
+
+
+def _answer_text(message: Mapping[str, Any], clean: Callable[[str], str]) -> str:
     parts = content_parts(message.get("content"))
-    return clean_text("".join(value for kind, value in parts if kind == "text"))
+    return clean("".join(value for kind, value in parts if kind == "text"))
 
 
-def _add(messages: list[dict[str, Any]], role: str, content: str | list) -> None:
+def _add(messages: list[Message], role: str, content: str | list) -> None:
     """Appends a turn, or extends the last one when it has the same role (one turn, many parts)."""
     if not content:
         return
@@ -120,37 +192,60 @@ def _add(messages: list[dict[str, Any]], role: str, content: str | list) -> None
         messages.append({"role": role, "content": content})
 
 
-def user_message_parts(message: Mapping[str, Any] | str) -> list[Part]:
-    """The parts of a new MultimodalTextbox message: its files in the order given, then its text."""
-    if isinstance(message, str):
-        return content_parts(message)
-    files: list[Part] = []
-    for item in message.get("files") or []:
-        if isinstance(item, str):  # a plain path, as gradio_client and the textbox send it
-            files.append(("file", item))
-        else:
-            files.extend(part for part in content_parts(item) if part[0] == "file")
-    return files + content_parts(message.get("text") or "")
-
-
 def conversation_messages(
     history: Iterable[Mapping[str, Any]],
     message: Mapping[str, Any] | str,
-    classify: Classify,
     system_prompt: str | None = None,
-) -> list[dict[str, Any]]:
-    """The Qwen2-VL message list for answering `message` after `history`."""
-    parts = user_message_parts(message)
-    new_turn = {"role": "user", "content": [{"path": v} if k == "file" else v for k, v in parts]}
-    return history_to_messages([*history, new_turn], classify, system_prompt)
+    clean: Callable[[str], str] = clean_text,
+) -> list[Message]:
+    """The Qwen message list for answering `message` after `history` (files as paths)."""
+    return history_to_messages([*history, *user_turn_messages(message)], system_prompt, clean)
 
 
-def media_items(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Every image and video entry of a message list, in prompt order."""
+def attach_media(messages: Sequence[Message], open_file: Callable[[str], Any]) -> list[Message]:
+    """The messages with each file part replaced by `open_file(path)`, a media object with a
+    `kind` ("image" or "video"): `{"type": kind, kind: media}`.
+
+    A file of the last message (the turn being answered) that cannot be opened raises: the user
+    must hear why. One in an earlier turn is left out quietly (that turn already said why), so
+    one bad upload never breaks the rest of the chat; a message left empty goes with it.
+    """
+    attached: list[Message] = []
+    for index, message in enumerate(messages):
+        content = message["content"]
+        if isinstance(content, str):
+            attached.append(dict(message))
+            continue
+        current = index == len(messages) - 1
+        parts = [part for part in (_open(p, open_file, current) for p in content) if part]
+        if parts:
+            attached.append({**message, "content": parts})
+    return attached
+
+
+def _open(part: dict[str, Any], open_file: Callable[[str], Any], current: bool) -> dict | None:
+    if part.get("type") != "file":
+        return part
+    try:
+        media = open_file(part["path"])
+    except UserFacingError:
+        if current:
+            raise
+        return None
+    return {"type": media.kind, media.kind: media}
+
+
+def media_parts(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every image and video part of a message list, in prompt order."""
     return [
-        item
+        part
         for message in messages
         if isinstance(message.get("content"), list)
-        for item in message["content"]
-        if item.get("type") in ("image", "video")
+        for part in message["content"]
+        if part.get("type") in ("image", "video")
     ]
+
+
+def media_of(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """The media objects of a message list, in prompt order."""
+    return [part[part["type"]] for part in media_parts(messages)]

@@ -5,7 +5,8 @@ The line is a JSON object, e.g.
    "queue_wait_s": 0.104, "ttft_s": 0.351, "tokens_per_s": 21.3, "prepare_s": 0.012,
    "total_s": 3.34, "images": 1, "videos": 0, "turns_left_out": 0}
 Outcomes: ok | stopped (the user stopped or left) | rejected (bad input or too large, refused
-before the engine was asked) | error:engine (the engine said why) | error:<ExceptionType>.
+before the engine was asked) | abandoned (nobody read the answer's stream: never generated) |
+error:engine (the engine said why) | error:<ExceptionType>.
 "message" and "answer" are added only with --log-content. Times are seconds from the moment
 the request reached `respond`; queue_wait_s runs from handing the request to the engine until
 its first delta that is not a queue place (a heartbeat once running, or the first token); for
@@ -21,6 +22,7 @@ import json
 import secrets
 from dataclasses import asdict, dataclass
 
+from app.admission import Abandoned
 from app.errors import UserFacingError
 
 LOGGER = "app.requests"
@@ -69,6 +71,8 @@ def outcome_of(exc: BaseException | None, engine_asked: bool) -> str:
         return "ok"
     if isinstance(exc, GeneratorExit):
         return "stopped"
+    if isinstance(exc, Abandoned):
+        return "abandoned"
     if isinstance(exc, UserFacingError):
         return "error:engine" if engine_asked else "rejected"
     return f"error:{type(exc).__name__}"

@@ -11,8 +11,13 @@ The zip holds `transcript.json` and the conversation's files under `media/`:
 
 Messages are the chatbot's messages format, with file paths relative to the zip. Import also
 accepts a bare list of messages and string content. An imported file is never trusted: every
-check failure is a TranscriptError (a UserFacingError) saying what is wrong, sizes are counted
-while extracting (zip headers can lie), and only files the transcript refers to are written.
+check failure is a TranscriptError (a UserFacingError) saying what is wrong, and only files
+the transcript refers to are written, under names of our own. Costs are bounded before and
+while extracting: each member and all of them together at most `max_bytes` (the upload limit),
+a member that claims to expand more than MAX_RATIO times is refused, sizes are counted as they
+are written (zip headers can lie), and each file must be an image or a video by its content.
+Export writes only files that pass the trust rule (`app.trust`): a chat value names paths the
+client chose.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from app.errors import UserFacingError
-from app.messages import content_parts, user_message_parts
+from app.media import sniff_kind
+from app.messages import content_parts
+from app.trust import display_name, is_trusted
 
 FORMAT = "qwen2-vl-web-demo/transcript"
 VERSION = 1
@@ -36,7 +43,8 @@ MEDIA_DIR = "media"
 MAX_MESSAGES = 2000
 MAX_MEMBERS = 1000  # files in the zip
 MAX_TRANSCRIPT_BYTES = 16 * 1024 * 1024
-MAX_TOTAL_BYTES = 1024 * 1024 * 1024  # everything extracted, counted as it is written
+MAX_TOTAL_BYTES = 200 * 1024 * 1024  # everything extracted (the app passes the upload limit)
+MAX_RATIO = 100  # uncompressed / compressed size of one member (media hardly compress)
 ROLES = ("user", "assistant")
 METADATA_KEYS = ("title", "status", "log", "duration", "id", "parent_id")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -68,11 +76,12 @@ def _export_message(message: Mapping[str, Any], media: dict[str, str]) -> Messag
     for kind, value in content_parts(message.get("content")):
         if kind == "text":
             content.append({"type": "text", "text": value})
-        elif Path(value).is_file():
+        elif is_trusted(value) and Path(value).is_file():
             name = media.setdefault(value, _media_name(len(media) + 1, value))
             content.append({"type": "file", "file": {"path": name}})
-        else:  # gone from the server's cache: say so rather than write a broken reference
-            content.append({"type": "text", "text": f"({Path(value).name}: file not available)"})
+        else:  # gone from the server's cache, or not an upload: say so, write nothing
+            name = display_name(value)
+            content.append({"type": "text", "text": f"({name}: file not available)"})
     exported: Message = {"role": message.get("role"), "content": content or [_EMPTY_TEXT]}
     metadata = _clean_metadata(message.get("metadata"))
     if metadata:
@@ -103,16 +112,22 @@ def import_transcript(
 
     `out_dir` must not exist yet: it is created, and removed again if the import fails.
     """
-    name = Path(path).name
+    name = display_name(str(path))
     if not zipfile.is_zipfile(path):
         raise TranscriptError(f"{name} is not a conversation file: it is not a .zip archive.")
     out_dir.mkdir(parents=True)
     try:
         with zipfile.ZipFile(path) as archive:
             return _import_archive(archive, name, out_dir, max_bytes)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+    except TranscriptError:
         shutil.rmtree(out_dir, ignore_errors=True)
-        raise TranscriptError(f"{name} is damaged and cannot be read ({exc}).") from None
+        raise
+    # zipfile and zlib raise many types for a damaged or exotic archive (BadZipFile, EOFError,
+    # NotImplementedError for an unknown compression, RuntimeError, zlib.error, ...).
+    except Exception as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        why = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+        raise TranscriptError(f"{name} is damaged and cannot be read ({why}).") from None
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -131,12 +146,15 @@ def _import_archive(
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise TranscriptError(f"{TRANSCRIPT_NAME} in {name} is not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise TranscriptError(f"{TRANSCRIPT_NAME} in {name} is nested too deeply.") from None
     messages = [_import_message(m, i) for i, m in enumerate(_message_list(document), 1)]
     _extract_media(archive, messages, out_dir, max_bytes)
     return messages
 
 
 def _read_limited(archive: zipfile.ZipFile, member: str, limit: int) -> bytes:
+    _check_member(archive.getinfo(member), limit)
     with archive.open(member) as source:
         data = source.read(limit + 1)
     if len(data) > limit:
@@ -165,7 +183,11 @@ def _message_list(document: Any) -> list[Any]:
 
 def _import_message(message: Any, number: int) -> Message:
     """One validated message; files keep their path inside the zip until extracted."""
-    if not isinstance(message, Mapping) or message.get("role") not in ROLES:
+    if (
+        not isinstance(message, Mapping)
+        or not isinstance(message.get("role"), str)
+        or (message["role"] not in ROLES)
+    ):
         raise TranscriptError(f"Message {number} needs a role of 'user' or 'assistant'.")
     content = message.get("content")
     if not isinstance(content, str | list | Mapping):
@@ -200,37 +222,64 @@ def _extract_media(
     budget = max_bytes
     for part in (p for m in messages for p in m["content"] if p["type"] == "file"):
         member = part["file"]["path"]
+        shown = member if len(member) <= 80 else display_name(member)
         if member not in names:
-            raise TranscriptError(f"The transcript refers to {member}, which is not in the file.")
+            raise TranscriptError(f"The transcript refers to {shown}, which is not in the file.")
         if member not in extracted:
-            target = out_dir / f"{len(extracted) + 1:03d}" / PurePosixPath(member).name
-            budget -= _copy_limited(archive, member, target, budget)
+            target = out_dir / f"{len(extracted) + 1:03d}" / _safe_name(member)
+            budget -= _copy_limited(archive, member, target, budget, max_bytes)
+            _check_media(target, shown)
             extracted[member] = str(target)
-        name = PurePosixPath(member).name
+        name = Path(extracted[member]).name
         mime_type = mimetypes.guess_type(name)[0]  # the chat shows images and videos by it
         part["file"] = {"path": extracted[member], "orig_name": name, "mime_type": mime_type}
 
 
-def _copy_limited(archive: zipfile.ZipFile, member: str, target: Path, limit: int) -> int:
-    """Extract one member, refusing to write more than `limit` bytes; returns bytes written."""
+def _safe_name(member: str) -> str:
+    """A short file name of our own for a member (its name may be anything, of any length)."""
+    stem = _UNSAFE.sub("_", PurePosixPath(member).name).strip("._") or "file"
+    return stem[-80:]
+
+
+def _check_member(info: zipfile.ZipInfo, limit: int) -> None:
+    """Refuse, from its header, a member that is encrypted, too large or a compression bomb."""
+    shown = display_name(info.filename)
+    if info.flag_bits & 0x1:
+        raise TranscriptError(f"{shown} in the conversation file is encrypted.")
+    if info.file_size > limit:
+        raise TranscriptError(
+            f"{shown} is {info.file_size / 2**20:.1f} MB; at most {limit / 2**20:.0f} MB."
+        )
+    if info.file_size > _COPY_CHUNK and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise TranscriptError(
+            f"{shown} expands more than {MAX_RATIO} times: not a conversation file's media."
+        )
+
+
+def _copy_limited(
+    archive: zipfile.ZipFile, member: str, target: Path, budget: int, limit: int
+) -> int:
+    """Extract one member, writing at most what its header claims, the per-member `limit` and
+    the import's remaining `budget`; returns the bytes written."""
+    info = archive.getinfo(member)
+    _check_member(info, limit)
+    allowed = min(budget, info.file_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with archive.open(member) as source, target.open("wb") as sink:
-        while chunk := source.read(_COPY_CHUNK):
+    with archive.open(info) as source, target.open("wb") as sink:
+        while chunk := source.read(min(_COPY_CHUNK, allowed - written + 1)):
             written += len(chunk)
-            if written > limit:
+            if written > allowed:
                 raise TranscriptError("The conversation file's contents are too large to import.")
             sink.write(chunk)
     return written
 
 
-def user_turn_messages(message: Mapping[str, Any]) -> list[Message]:
-    """A new multimodal message as chat messages: one per file, then one for the text.
-
-    Kept apart, each is a message of its own in the chat, so editing the text (which replaces
-    the edited message's whole content) keeps the turn's images and videos in the history.
-    """
-    return [
-        {"role": "user", "content": {"path": value} if kind == "file" else value}
-        for kind, value in user_message_parts(message)
-    ]
+def _check_media(path: Path, shown: str) -> None:
+    """An imported file must be an image or a video by its content."""
+    try:
+        sniff_kind(path, shown)
+    except UserFacingError as exc:
+        raise TranscriptError(
+            f"The conversation file holds {shown}, which is refused: {exc}"
+        ) from None

@@ -1,51 +1,53 @@
 """The Gradio page. It only wires components to `app.chat` and `app.transcript`; no logic here.
 
 Layout: header (logo, title, licence note), engine status, the chat (conversation list, messages
-with clickable examples, input with Stop), the Settings accordion, the conversation file
-buttons (export / import .zip), and the hidden but documented `/chat` API endpoint. Labels are
-translated with `gr.I18n` (app/i18n.py).
+with clickable examples, input with Stop), the Settings accordion (made from `app.options`),
+the conversation file buttons (export / import .zip), and the hidden but documented API
+endpoints `/chat` (the growing answer) and `/chat_details` (the answer as data, with its
+grounding boxes and drawing). Labels are translated with `gr.I18n` (app/i18n.py).
 
 Choices:
+- Every event's inputs pass the trust rule before Gradio touches them (`Page.preprocess_data`):
+  any event can be called directly by fn_index, with any value.
 - Conversations survive a page reload through ChatInterface's `save_history=True`: a
   `gr.BrowserState` list in the browser's localStorage, shown beside the chat with "New chat".
   Gradio encrypts it with a key drawn per server process, so a server restart forgets them (and
   their files live in Gradio's cache); a .zip export is the way to keep a conversation.
-- A user turn is one message per file plus one for the text (see `ChatInterface`), so that
-  editing a question keeps its images and videos.
-- The page brings its theme, CSS, labels and favicon to `launch()` itself (see `Page`).
+- A user turn is one message per file plus one for the text (`app.messages.user_turn_messages`),
+  so that editing a question keeps its images and videos.
+- The page brings its theme, CSS, labels, favicon and head script to `launch()` (see `Page`).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
-from app.chat import (
-    ChatMessages,
-    ChatOptions,
-    answer_text,
-    limits_from_settings,
-    notice,
-    respond,
-)
+from app import components
+from app.admission import Admission, Caller
+from app.chat import ChatMessages, answer, respond
 from app.config import Settings
-from app.engine import Engine, GenerationOptions
+from app.engine import Engine
 from app.errors import UserFacingError
+from app.hosting import StreamTracker, client_of
 from app.i18n import TRANSLATIONS, key
-from app.messages import is_notice
+from app.markup import EDIT_BOX_SCRIPT
+from app.messages import user_turn_messages
+from app.options import FIELDS, NAMES, Field, defaults
 from app.scratch import new_folder
-from app.transcript import export_transcript, import_transcript, user_turn_messages
+from app.transcript import export_transcript, import_transcript
+from app.trust import ASSETS, check_client_value
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LOGO = ASSETS / "logo.svg"
 EXAMPLES = ASSETS / "examples"
 FILE_TYPES = ["image", "video"]
 GROUNDING_EXAMPLE = "Find the cat and the ball in this picture and give their bounding boxes."
+# Gradio's copies of uploads and outputs: checked hourly, removed a day after their last use.
+DELETE_CACHE = (3600, 24 * 3600)
 STATUS_KEYS = {"loading": "status_loading", "ready": "status_ready", "failed": "status_failed"}
 CSS = """
 #header { align-items: flex-start; flex-wrap: nowrap; gap: var(--spacing-xl); }
@@ -56,6 +58,11 @@ CSS = """
 #license, #engine-status { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 #conversation-file { flex-wrap: wrap; }
 #chatbot .user-row img { max-height: 12rem; width: auto; }  /* uploads: thumbnails, answers big */
+/* Nothing a message holds may cover the page: each bubble clips and contains its content. */
+#chatbot .message-content { contain: paint; }
+#chatbot pre.user-text {
+  white-space: pre-wrap; font: inherit; background: none; border: 0; padding: 0; margin: 0;
+}
 @media (max-width: 640px) {  /* phones: the conversation list scrolls, not pushing the chat down */
   #chat-area .row > .column:first-child > .block { max-height: 7.5rem; overflow-y: auto; }
 }
@@ -68,11 +75,16 @@ def t(name: str) -> gr.i18n.I18nData:
 
 
 class Page(gr.Blocks):
-    """The demo's Blocks, bringing its own theme, CSS, labels and favicon to `launch()`.
+    """The demo's Blocks: its own theme, CSS, labels, favicon and head script for `launch()`,
+    and the trust rule on every event's raw inputs.
 
-    Gradio 6 takes these in `launch()` rather than `Blocks()`; here they travel with the page,
-    so the caller of `launch` (web_demo_mm.serve) passes network options only.
+    Gradio 6 takes the look in `launch()` rather than `Blocks()`; here it travels with the
+    page, so the caller of `launch` (web_demo_mm.serve) passes network options only.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **({"delete_cache": DELETE_CACHE} | kwargs))
+        self.streams = StreamTracker()  # whose answer streams are read (web_demo_mm.serve)
 
     def launch(self, *args: Any, **kwargs: Any) -> Any:
         look = {
@@ -80,8 +92,27 @@ class Page(gr.Blocks):
             "css": CSS,
             "i18n": gr.I18n(**TRANSLATIONS),
             "favicon_path": str(LOGO),
+            "head": EDIT_BOX_SCRIPT,
         }
         return super().launch(*args, **(look | kwargs))
+
+    async def preprocess_data(
+        self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False
+    ) -> list[Any]:
+        """Applies the trust rule to every raw client value of every event.
+
+        This is the one place that sees client values before Gradio downloads the URLs they
+        name or copies the files (`processing_utils.async_move_files_to_cache`, and
+        `Chatbot.preprocess` for component parts); component-level `preprocess` runs after.
+        Undocumented, so tests/test_security.py calls every event with every shape of path.
+        """
+        if not explicit_call:
+            try:
+                for value in inputs:
+                    check_client_value(value)
+            except UserFacingError as exc:
+                raise gr.Error(str(exc)) from None
+        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
 
 
 class ChatInterface(gr.ChatInterface):
@@ -99,39 +130,22 @@ class ChatInterface(gr.ChatInterface):
         return super()._message_as_message_dict(message, role)
 
 
-def settings_inputs(settings: Settings) -> list[gr.Component]:
-    """The settings, in the order the chat functions receive the values (placed by
-    `render_settings`)."""
-    hidden = {"render": False}
-    return [
-        gr.Textbox(
-            value="",
-            label=t("system_prompt"),
-            placeholder=t("system_prompt_placeholder"),
-            lines=2,
-            **hidden,
-        ),
-        gr.Checkbox(value=True, label=t("add_vision_id"), **hidden),
-        gr.Slider(
-            1, 8192, value=settings.max_new_tokens, step=1, label=t("max_new_tokens"), **hidden
-        ),
-        gr.Slider(0.0, 2.0, value=0.0, step=0.05, label=t("temperature"), **hidden),
-        gr.Slider(0.05, 1.0, value=1.0, step=0.05, label=t("top_p"), **hidden),
-        gr.Slider(0, 200, value=0, step=1, label=t("top_k"), **hidden),
-        gr.Slider(1.0, 2.0, value=1.05, step=0.01, label=t("repetition_penalty"), **hidden),
-        gr.Number(value=-1, precision=0, label=t("seed"), **hidden),
-        gr.Number(value=settings.min_pixels, precision=0, label=t("min_pixels"), **hidden),
-        gr.Number(value=settings.max_pixels, precision=0, label=t("max_pixels"), **hidden),
-        gr.Slider(0.1, 8.0, value=settings.video_fps, step=0.1, label=t("video_fps"), **hidden),
-        gr.Slider(
-            2,
-            settings.max_frames,
-            value=settings.max_frames,
-            step=2,
-            label=t("max_frames"),
-            **hidden,
-        ),
-    ]
+def setting_component(spec: Field, value: Any, settings: Settings) -> gr.Component:
+    """The form control of one setting (unrendered: `render_settings` places it)."""
+    common = {"value": value, "label": t(spec.name), "render": False}
+    low, high = spec.bounds(settings)
+    if spec.kind is str:
+        return components.Textbox(lines=2, placeholder=t("system_prompt_placeholder"), **common)
+    if spec.kind is bool:
+        return components.Checkbox(**common)
+    if spec.step is not None and low is not None and high is not None:
+        return components.Slider(low, high, step=spec.step, **common)
+    return components.Number(precision=0 if spec.kind is int else None, **common)
+
+
+def settings_inputs(settings: Settings, values: dict[str, Any]) -> list[gr.Component]:
+    """The settings, in `app.options.FIELDS` order (the order the chat functions receive)."""
+    return [setting_component(spec, values[spec.name], settings) for spec in FIELDS]
 
 
 def render_settings(inputs: list[gr.Component]) -> None:
@@ -143,42 +157,6 @@ def render_settings(inputs: list[gr.Component]) -> None:
             with gr.Row():
                 for component in pair:
                     component.render()
-
-
-def options_from_values(settings: Settings, values: tuple[Any, ...]) -> ChatOptions:
-    """ChatOptions from the accordion's values; the server's flags are upper bounds."""
-    (
-        system_prompt,
-        add_vision_id,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        repetition_penalty,
-        seed,
-        min_pixels,
-        max_pixels,
-        video_fps,
-        max_frames,
-    ) = values
-    limits = limits_from_settings(settings)
-    max_pixels = min(int(max_pixels or limits.max_pixels), limits.max_pixels)
-    media = replace(
-        limits,
-        min_pixels=max(1, min(int(min_pixels or limits.min_pixels), max_pixels)),
-        max_pixels=max_pixels,
-        video_fps=float(video_fps or limits.video_fps),
-        max_frames=max(2, min(int(max_frames or limits.max_frames), limits.max_frames)),
-    )
-    generation = GenerationOptions(
-        max_new_tokens=int(max_new_tokens),
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=int(top_k),
-        repetition_penalty=float(repetition_penalty),
-        seed=None if seed is None or int(seed) < 0 else int(seed),
-    )
-    return ChatOptions((system_prompt or "").strip(), bool(add_vision_id), generation, media)
 
 
 def examples() -> tuple[list[list[dict[str, Any]]], list[str]]:
@@ -220,18 +198,20 @@ def export_conversation(history: list[dict]) -> Any:
     return gr.File(value=str(export_transcript(history, path)), visible=True)
 
 
-def import_conversation(path: str | None) -> tuple[Any, Any]:
+def import_conversation(path: str | None, settings: Settings) -> tuple[Any, Any]:
     """The chat of an uploaded .zip, as a new conversation; a bad file changes nothing and
     says why."""
     if not path:
         return gr.skip(), gr.skip()
+    limit = int(settings.max_upload_mb * 1024 * 1024)
     try:
-        return import_transcript(path, new_folder("conversations") / "imported"), None
+        imported = import_transcript(path, new_folder("conversations") / "imported", limit)
     except UserFacingError as exc:
         raise gr.Error(str(exc)) from None
+    return imported, None
 
 
-def render_conversation_file(chat: gr.ChatInterface) -> None:
+def render_conversation_file(chat: gr.ChatInterface, settings: Settings) -> None:
     """Export / import buttons; an import opens as a new conversation (the current one stays
     in the history list)."""
     with gr.Row(elem_id="conversation-file"):
@@ -244,70 +224,88 @@ def render_conversation_file(chat: gr.ChatInterface) -> None:
     )
     export.click(export_conversation, chat.chatbot, file, api_visibility="private")
     upload.upload(
-        import_conversation,
+        lambda path: import_conversation(path, settings),
         upload,
         [chat.chatbot_value, chat.conversation_id],
         api_visibility="private",
     )
 
 
+def caller_of(request: gr.Request | None, streams: StreamTracker) -> Caller:
+    """Who sends this event (app.hosting.client_of), and whether its answer is being read."""
+    if request is None:
+        return Caller()
+    session = request.session_hash or ""
+    host = request.client.host if request.client else None
+    return Caller(
+        client=client_of(request.username, host, request.headers),
+        session=session,
+        listening=lambda: streams.is_open(session),
+    )
+
+
+def with_api_signature(function: Callable[..., Any], values: dict[str, Any]) -> Callable:
+    """`function(message, history, *settings, request)` documented with the settings' names and
+    defaults (from app.options), as Gradio reads a signature for the API description."""
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [
+        inspect.Parameter("message", keyword, annotation=dict),
+        inspect.Parameter("history", keyword, default=None, annotation=list),
+        *(
+            inspect.Parameter(spec.name, keyword, default=values[spec.name], annotation=spec.kind)
+            for spec in FIELDS
+        ),
+        inspect.Parameter("request", keyword, default=None, annotation=gr.Request),
+    ]
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    # Gradio finds the gr.Request parameter through the type hints, not the signature.
+    function.__annotations__ = {p.name: p.annotation for p in parameters}
+    return function
+
+
 def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole page; `launch()` is the caller's."""
+    admission = Admission(settings.max_chats_per_client)
+    values = defaults(settings, engine.generation_defaults)
 
     def chat_in_ui(
-        message: dict, history: list[dict], request: gr.Request, *values: Any
+        message: dict, history: list[dict], request: gr.Request, *settings_values: Any
     ) -> Iterator[ChatMessages]:
-        shown: ChatMessages = []
-        options = options_from_values(settings, values)
-        try:
-            for shown in respond(
-                engine, settings, message, history, options, session_id=request.session_hash
-            ):
-                yield shown
-        except UserFacingError as exc:
-            yield [m for m in shown if not is_notice(m)] + [notice("⚠️ Could not answer", str(exc))]
-
-    def chat_api(
-        message: dict,
-        history: list[dict] | None = None,
-        system_prompt: str = "",
-        add_vision_id: bool = True,
-        max_new_tokens: int = settings.max_new_tokens,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.05,
-        seed: int = -1,
-        min_pixels: int = settings.min_pixels,
-        max_pixels: int = settings.max_pixels,
-        video_fps: float = settings.video_fps,
-        max_frames: int = settings.max_frames,
-        request: gr.Request | None = None,
-    ) -> Iterator[str]:
-        """Streams the growing answer to `message` after `history` (the chatbot's format)."""
-        values = (
-            system_prompt,
-            add_vision_id,
-            max_new_tokens,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            seed,
-            min_pixels,
-            max_pixels,
-            video_fps,
-            max_frames,
+        yield from respond(
+            engine,
+            settings,
+            message,
+            history,
+            dict(zip(NAMES, settings_values, strict=True)),
+            caller=caller_of(request, demo.streams),
+            admission=admission,
         )
-        options = options_from_values(settings, values)
-        session = request.session_hash if request else ""
+
+    def api_answer(args: tuple[Any, ...]) -> Iterator[Any]:
+        message, history, *settings_values, request = args
         try:
-            for shown in respond(
-                engine, settings, message, history or [], options, session_id=session
-            ):
-                yield answer_text(shown)
+            yield from answer(
+                engine,
+                settings,
+                message,
+                [] if history is None else history,
+                dict(zip(NAMES, settings_values, strict=True)),
+                caller=caller_of(request, demo.streams),
+                admission=admission,
+            )
         except UserFacingError as exc:
             raise gr.Error(str(exc)) from None
+
+    def chat_api(*args: Any) -> Iterator[str]:
+        """Streams the growing answer to `message` after `history` (the chatbot's format)."""
+        for update in api_answer(args):
+            yield update.text
+
+    def chat_details(*args: Any) -> Iterator[tuple[dict[str, Any], str | None]]:
+        """Streams the answer as data; the last one has its statistics and grounding: the boxes
+        in the original image's pixels, and the image with the boxes drawn."""
+        for update in api_answer(args):
+            yield update.details(), update.drawing
 
     def show_status() -> tuple[str, dict, gr.Timer]:
         status = engine.status()
@@ -325,14 +323,19 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         # ChatInterface needs the settings already placed (else it adds its own accordion).
         chat_area = gr.Column(elem_id="chat-area")
         settings_area, file_area = gr.Column(), gr.Column()
-        inputs = settings_inputs(settings)
+        inputs = settings_inputs(settings, values)
         with settings_area:
             render_settings(inputs)
         with chat_area:
             chat = render_chat(chat_in_ui, inputs)
         with file_area:
-            render_conversation_file(chat)
-        render_api(chat_api, inputs)
+            render_conversation_file(chat, settings)
+        render_api(
+            with_api_signature(chat_api, values),
+            with_api_signature(chat_details, values),
+            settings,
+            values,
+        )
         timer = gr.Timer(0.5)
         outputs = [status, chat.textbox, timer]
         timer.tick(show_status, None, outputs, api_visibility="private")
@@ -351,7 +354,7 @@ def render_chat(fn: Any, inputs: list[gr.Component]) -> gr.ChatInterface:
         stop_btn=True,  # shown while an answer streams (a custom textbox must ask for it)
         render=False,
     )
-    chatbot = gr.Chatbot(
+    chatbot = components.Chatbot(
         label=t("chatbot"),
         show_label=False,
         elem_id="chatbot",
@@ -385,14 +388,25 @@ def render_chat(fn: Any, inputs: list[gr.Component]) -> gr.ChatInterface:
     )
 
 
-def render_api(fn: Any, inputs: list[gr.Component]) -> None:
-    """The documented `/chat` endpoint: hidden components give its parameters their types."""
+def render_api(
+    chat_api: Callable, chat_details: Callable, settings: Settings, values: dict[str, Any]
+) -> None:
+    """The documented endpoints: hidden components give their parameters their types."""
     with gr.Group(visible=False):
         # No file_types: Gradio would refuse files by extension, without naming them; the app
         # checks what each file holds and names the file it refuses.
         api_message = gr.MultimodalTextbox(file_count="multiple")
-        api_history = gr.Chatbot()
+        api_history = components.HistoryJSON()
+        api_settings = settings_inputs(settings, values)
+        for component in api_settings:
+            component.render()
         api_answer = gr.Textbox()
-    gr.Button(visible=False).click(
-        fn, [api_message, api_history, *inputs], api_answer, api_name="chat", concurrency_limit=64
-    )
+        api_details = gr.JSON()
+        api_drawing = gr.Image(type="filepath", format="png")
+    inputs = [api_message, api_history, *api_settings]
+    button = gr.Button(visible=False)
+    button.click(chat_api, inputs, api_answer, api_name="chat", concurrency_limit=64)
+    button.click(
+        chat_details, inputs, [api_details, api_drawing], api_name="chat_details",
+        concurrency_limit=64,
+    )  # fmt: skip

@@ -31,7 +31,8 @@ from transformers import AutoModelForImageTextToText  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.engine import ChatRequest, GenerationOptions  # noqa: E402
 from app.engine.local import LocalEngine  # noqa: E402
-from app.media import MediaLimits, load_media  # noqa: E402
+from app.media import MediaLimits, prepare  # noqa: E402
+from app.scratch import new_folder  # noqa: E402
 from app.tiny_checkpoint import (  # noqa: E402
     build_config,
     build_generation_config,
@@ -80,19 +81,19 @@ def main() -> None:
         engine.model.device,
     )
 
-    image_path = Path(tempfile.gettempdir()) / "gpu-check.png"
+    image_path = new_folder("bench") / "gpu-check.png"
     Image.effect_mandelbrot((448, 448), (-2, -1.5, 1, 1.5), 100).convert("RGB").save(image_path)
+    image = prepare(image_path, MediaLimits())
     request = ChatRequest(
         messages=[
             {
                 "role": "user",
                 "content": [
-                    {"type": "image", "image": str(image_path)},
+                    {"type": "image", "image": image},
                     {"type": "text", "text": "Describe this image."},
                 ],
             }
         ],
-        media=[load_media(image_path, MediaLimits())],
         options=GenerationOptions(max_new_tokens=args.tokens),
     )
     for label in ("warm-up", "engine", "raw generate"):

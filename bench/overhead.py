@@ -37,6 +37,7 @@ from app.config import Settings  # noqa: E402
 from app.engine import GenerationOptions  # noqa: E402
 from app.engine.local import LocalEngine, processor_inputs  # noqa: E402
 from app.media import MediaLimits, load_media  # noqa: E402
+from app.scratch import new_folder  # noqa: E402
 from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
 
 QUESTION = "Describe this image in detail."
@@ -87,7 +88,8 @@ def raw_run(model, processor, image_path: Path, tokens: int) -> tuple[float, flo
 
 def engine_run(engine, image_path: Path, tokens: int) -> tuple[float, float]:
     """(TTFT s, tokens/s after the first) through app.chat.respond and the engine, no UI."""
-    from app.chat import ChatOptions, respond
+    from app.chat import respond
+    from app.options import ChatOptions
 
     options = ChatOptions(generation=GenerationOptions(max_new_tokens=tokens))
     message = {"text": QUESTION, "files": [str(image_path)]}
@@ -160,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
 
     checkpoint = build_tiny_checkpoint(ROOT / "build" / "bench" / "bench-qwen2-vl", size="bench")
-    image_path = Path(tempfile.gettempdir()) / "bench-overhead.png"
+    image_path = new_folder("bench") / "bench-overhead.png"  # a trusted folder (app.trust)
     Image.effect_mandelbrot((448, 448), (-2, -1.5, 1, 1.5), 100).convert("RGB").save(image_path)
 
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()

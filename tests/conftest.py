@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -15,10 +16,21 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from app.config import Settings  # noqa: E402  (imports after the offline switch)
 from app.engine import ChatRequest  # noqa: E402
 from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
+from app.trust import upload_folder  # noqa: E402
 
 CACHE = Path(
     os.environ.get("QWEN_DEMO_TEST_CACHE", Path(__file__).parent.parent / "build" / "tests")
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Test files (tmp_path) live in Gradio's upload folder, as uploads do: the app's trust rule
+    (app.trust) opens nothing else. Tests of the rule itself use paths outside it."""
+    if not config.option.basetemp:
+        checkout = hashlib.blake2b(str(config.rootpath).encode(), digest_size=6).hexdigest()
+        parent = Path(upload_folder()) / "pytest"
+        parent.mkdir(parents=True, exist_ok=True)
+        config.option.basetemp = str(parent / checkout)  # pytest empties it at each run
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from app.messages import media_of
+
 
 @pytest.fixture(scope="module")
 def client(app) -> Client:
@@ -34,7 +36,7 @@ def test_image_turn_streams_a_growing_answer(client, app, red_png):
     assert all(b.startswith(a) for a, b in zip(answers, answers[1:], strict=False))
     request = app[1].requests[-1]
     assert [item["type"] for item in request.messages[-1]["content"]] == ["image", "text"]
-    assert request.media[0].image.size[0] % 28 == 0
+    assert media_of(request.messages)[0].decode().image.size[0] % 28 == 0
 
 
 def test_second_turn_sends_the_history(client, app, red_png):
@@ -52,7 +54,7 @@ def test_second_turn_sends_the_history(client, app, red_png):
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     assert messages[1]["content"] == first
     assert messages[0]["content"][0]["type"] == "image"
-    assert len(app[1].requests[-1].media) == 1
+    assert len(media_of(app[1].requests[-1].messages)) == 1
 
 
 def test_stop_keeps_the_server_serving(client, red_png):

@@ -12,7 +12,7 @@ from app.config import Settings
 from app.engine import ChatRequest, GenerationOptions
 from app.engine.batching import collate
 from app.engine.local import LocalEngine
-from app.media import ImageInput
+from tests.uploads import part, picture
 
 
 def request(colour: tuple[int, int, int], size: tuple[int, int], tokens: int, **options):
@@ -21,12 +21,11 @@ def request(colour: tuple[int, int, int], size: tuple[int, int], tokens: int, **
             {
                 "role": "user",
                 "content": [
-                    {"type": "image", "image": "x.png"},
+                    part(picture(Image.new("RGB", size, colour))),
                     {"type": "text", "text": f"Colour {colour}?"},
                 ],
             }
         ],
-        media=[ImageInput(image=Image.new("RGB", size, colour))],
         options=GenerationOptions(max_new_tokens=tokens, **options),
     )
 
@@ -92,7 +91,7 @@ def test_a_stopped_row_leaves_and_the_others_finish(engine):
 
 
 def test_seeded_requests_run_alone(engine):
-    from app.engine.local import Job, batch_key
+    from app.engine.worker import Job, batch_key
 
     seeded = Job({}, GenerationOptions(seed=1), streamer=None)
     greedy = Job({}, GenerationOptions(), streamer=None)

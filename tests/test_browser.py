@@ -18,9 +18,8 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.chat import DRAWING_MIN_SIDE
 from app.config import Settings
-from app.grounding import PALETTE
+from app.grounding import DRAWING_MIN_SIDE, PALETTE
 from app.ui import GROUNDING_EXAMPLE
 from tests.browser import (
     browser_page,

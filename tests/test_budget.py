@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from PIL import Image
 
-from app.budget import (
-    Cost,
-    fit,
-    grid_tokens,
-    render_messages,
-    turn_starts,
-    turns_to_leave_out,
-    visual_tokens,
-)
+from app.budget import Cost, fit, render_messages, turn_starts, turns_to_leave_out
 from app.errors import UserFacingError
-from app.media import ImageInput, VideoInput
+from app.media import QWEN2_VL, MediaLimits, prepare
+from app.messages import media_of
+from tests.media_corpus import write_video
 
 
-def image(width: int = 56, height: int = 28) -> ImageInput:
-    return ImageInput(Image.new("RGB", (width, height)))
+@dataclass(frozen=True, eq=False)
+class Sized:
+    """Stands in for app.media.Media: what the budget reads of one is its token count."""
+
+    kind: str
+    tokens: int
 
 
-def video(frames: int = 4, width: int = 56, height: int = 56) -> VideoInput:
-    return VideoInput([Image.new("RGB", (width, height))] * frames, fps=2.0, duration=frames / 2)
+def image(width: int = 56, height: int = 28) -> Sized:
+    return Sized("image", QWEN2_VL.image_tokens(width, height))
 
 
-def user(text: str, *kinds: str) -> dict:
-    return {"role": "user", "content": [{"type": k, k: f"x.{k}"} for k in kinds] + [text_(text)]}
+def video(frames: int = 4, width: int = 56, height: int = 56) -> Sized:
+    return Sized("video", QWEN2_VL.video_tokens(frames, width, height))
+
+
+def user(text: str, *items: Sized | str) -> dict:
+    parts = [
+        {"type": i.kind, i.kind: i} if isinstance(i, Sized) else _placeholder(i) for i in items
+    ]
+    return {"role": "user", "content": parts + [text_(text)]}
+
+
+def _placeholder(kind: str) -> dict:
+    return {"type": kind, kind: Sized(kind, 0)}
 
 
 def text_(text: str) -> dict:
@@ -44,14 +55,25 @@ def words(text: str) -> int:
 
 
 def test_visual_tokens_follow_the_processor_grid():
-    assert grid_tokens(56, 84) == 2 * 3
-    assert visual_tokens(image(84, 56)) == 3 * 2
-    assert visual_tokens(video(frames=6, width=56, height=84)) == 3 * 2 * 3  # frame pairs
+    assert QWEN2_VL.image_tokens(56, 84) == 2 * 3
+    assert image(84, 56).tokens == 3 * 2
+    assert video(frames=6, width=56, height=84).tokens == 3 * 2 * 3  # frame pairs
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory) -> dict[str, str]:
+    """Real files (in the upload folder, like uploads): two pictures and a 6-frame clip."""
+    folder = tmp_path_factory.mktemp("uploads")
+    Image.new("RGB", (84, 140), (200, 10, 10)).save(folder / "tall.png")
+    Image.new("RGB", (20, 20), (10, 10, 200)).save(folder / "small.png")
+    clip = write_video(folder / "clip.mp4", size=(56, 84), frames=6, rate=2)
+    return {"tall": str(folder / "tall.png"), "small": str(folder / "small.png"), "clip": str(clip)}
 
 
 @pytest.mark.parametrize("system", [True, False])
 @pytest.mark.parametrize("add_vision_id", [True, False])
-def test_counts_match_the_processor_exactly(tiny_checkpoint, system, add_vision_id):
+def test_counts_match_the_processor_exactly(tiny_checkpoint, uploads, system, add_vision_id):
+    """The budget, from the media headers alone, equals the processor's input length."""
     from transformers import AutoProcessor
 
     from app.engine.local import processor_inputs
@@ -61,19 +83,25 @@ def test_counts_match_the_processor_exactly(tiny_checkpoint, system, add_vision_
     def count(text: str) -> int:
         return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    limits = MediaLimits(video_min_pixels=28 * 28, video_total_pixels=6 * 56 * 84)
+    tall, clip, small = (prepare(uploads[k], limits) for k in ("tall", "clip", "small"))
+
+    def part(media) -> dict:
+        return {"type": media.kind, media.kind: media}
+
     messages = [
-        user("What is this? A cat, or a dog?", "image"),
+        {"role": "user", "content": [part(tall), text_("What is this? A cat, or a dog?")]},
         assistant("A cat <|box_start|>(1,2),(3,4)<|box_end|> on a mat.\nDone."),
-        user("And now?\nTell me: what changed.", "video", "image"),
+        {"role": "user", "content": [part(clip), part(small), text_("And now?\nTell me.")]},
     ]
     if system:
         messages.insert(0, {"role": "system", "content": "Be brief, and kind."})
-    media = [image(84, 140), video(6, 56, 84), image(28, 28)]
+    budget = fit(messages, count, 10_000, 100, add_vision_id).tokens
     prompt = processor.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, add_vision_id=add_vision_id
     )
-    expected = processor_inputs(processor, prompt, media)["input_ids"].shape[1]
-    assert fit(messages, media, count, 10_000, 100, add_vision_id).tokens == expected
+    decoded = [media.decode() for media in media_of(messages)]
+    assert budget == processor_inputs(processor, prompt, decoded)["input_ids"].shape[1]
 
 
 def test_rendering_keeps_markers_and_labels_but_not_pads():
@@ -114,33 +142,42 @@ def test_fit_leaves_out_whole_old_turns_and_their_media():
     old, mid, new = image(), image(84, 84), image(28, 28)
     messages = [
         {"role": "system", "content": "Be brief."},
-        user("one " * 50, "image"),
+        user("one " * 50, old),
         assistant("first answer"),
-        user("two", "image"),
+        user("two", mid),
         assistant("second answer"),
-        user("three", "image"),
+        user("three", new),
     ]
-    whole = fit(messages, [old, mid, new], words, 10_000, 10)
+    whole = fit(messages, words, 10_000, 10)
     assert whole.turns_left_out == 0 and whole.messages == messages
-    fitted = fit(messages, [old, mid, new], words, whole.tokens - 1 + 10, 10)
+    fitted = fit(messages, words, whole.tokens - 1 + 10, 10)
     assert fitted.turns_left_out == 1
     assert fitted.messages == [messages[0], *messages[3:]], "system prompt and newer turns kept"
-    assert fitted.media == [mid, new]
+    assert media_of(fitted.messages) == [mid, new]
     assert fitted.tokens <= whole.tokens - 1
+
+
+def test_beyond_max_media_the_oldest_turns_go_too():
+    messages = [user("one", image(), image()), assistant("a"), user("two", image(), video())]
+    fitted = fit(messages, words, 10_000, 10, max_media=3)
+    assert fitted.turns_left_out == 1 and len(media_of(fitted.messages)) == 2
+    assert fit(messages, words, 10_000, 10, max_media=4).turns_left_out == 0
+    with pytest.raises(UserFacingError, match="more than 1 images and videos"):
+        fit(messages, words, 10_000, 10, max_media=1)
 
 
 def test_the_answer_keeps_its_room():
     messages = [user("one two three"), assistant("four"), user("five")]
-    tokens = fit(messages, [], words, 10_000, 0).tokens
-    assert fit(messages, [], words, tokens + 100, 100).turns_left_out == 0
-    assert fit(messages, [], words, tokens + 100, 101).turns_left_out == 1
+    tokens = fit(messages, words, 10_000, 0).tokens
+    assert fit(messages, words, tokens + 100, 100).turns_left_out == 0
+    assert fit(messages, words, tokens + 100, 101).turns_left_out == 1
 
 
 def test_a_current_turn_too_large_alone_says_what_to_change():
     big, clip = image(28 * 20, 28 * 20), video(8, 28 * 10, 28 * 10)
-    messages = [user("old"), assistant("answer"), user("look", "image", "video")]
+    messages = [user("old"), assistant("answer"), user("look", big, clip)]
     with pytest.raises(UserFacingError) as error:
-        fit(messages, [big, clip], words, max_context=500, max_new_tokens=100)
+        fit(messages, words, max_context=500, max_new_tokens=100)
     message = str(error.value)
     assert "too large for the model's context" in message
     assert "400 for images" in message and "400 for videos" in message
@@ -152,7 +189,7 @@ def test_a_current_turn_too_large_alone_says_what_to_change():
 
 def test_long_text_alone_asks_for_a_shorter_text():
     with pytest.raises(UserFacingError, match="Try a shorter text, or a lower 'Max new tokens'"):
-        fit([user("word " * 300)], [], words, max_context=200, max_new_tokens=50)
+        fit([user("word " * 300)], words, max_context=200, max_new_tokens=50)
 
 
 def test_costs_add_up():

@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.chat import ChatOptions, respond
+from app.admission import Caller
+from app.chat import ERROR_TITLE, answer, respond
 from app.config import Settings
 from app.engine import ChatRequest, Delta, EngineStatus, GenerationOptions
 from app.errors import UserFacingError
-from app.messages import is_notice
+from app.media import QWEN2_VL
+from app.messages import TEMPLATE_TOKENS, is_notice
+from app.options import ChatOptions
+from app.requestlog import anonymous_id
 
 OPTIONS = ChatOptions(generation=GenerationOptions(max_new_tokens=10))
 SESSION = "abc123session"
@@ -24,6 +28,9 @@ class ScriptedEngine:
     """Streams the given deltas (raising an exception where one is given) and records requests."""
 
     family = "qwen2_vl"
+    geometry = QWEN2_VL
+    template_tokens = TEMPLATE_TOKENS
+    generation_defaults: dict = {}
 
     def __init__(self, *script: Delta | BaseException) -> None:
         self.script = script or (Delta("Hello", 1), Delta(" there", 1), Delta("!", 1))
@@ -47,9 +54,11 @@ class ScriptedEngine:
             self.closed = True
 
 
-def run(engine, message, history=(), settings=Settings(), **kwargs) -> list:
-    """Every list of messages the turn yields."""
-    return list(respond(engine, settings, message, list(history), OPTIONS, **kwargs))
+def run(engine, message, history=(), settings=Settings(), session: str = "") -> list:
+    """Every list of messages the turn yields (bad input raises, as `answer` does)."""
+    caller = Caller(session=session)
+    turn_ = answer(engine, settings, message, list(history), OPTIONS, caller=caller)
+    return [update.messages() for update in turn_]
 
 
 def turn(question: str, answer: str) -> list[dict]:
@@ -116,6 +125,24 @@ def test_the_turn_after_a_left_out_notice_still_sees_its_question():
     assert engine.requests[0].messages[-2] == {"role": "assistant", "content": "Hello there!"}
 
 
+def test_respond_shows_bad_input_as_a_notice_and_keeps_what_was_shown():
+    shown = list(respond(ScriptedEngine(), Settings(), "", [], OPTIONS))
+    [[error]] = shown
+    assert is_notice(error) and error["metadata"]["title"] == ERROR_TITLE
+    assert "Type a question" in error["content"]
+    failing = ScriptedEngine(Delta("Half", 1), UserFacingError("The server is down."))
+    last = list(respond(failing, Settings(), "Hi", [], OPTIONS))[-1]
+    assert last[0] == {"role": "assistant", "content": "Half"}
+    assert last[-1]["metadata"]["title"] == ERROR_TITLE and "down" in last[-1]["content"]
+
+
+def test_raw_settings_are_checked_with_a_message_naming_the_setting():
+    with pytest.raises(UserFacingError, match="Temperature"):
+        list(answer(ScriptedEngine(), Settings(), "Hi", [], {"temperature": "hot"}))
+    with pytest.raises(UserFacingError, match="history must be a list"):
+        list(answer(ScriptedEngine(), Settings(), "Hi", "not a list", OPTIONS))  # type: ignore
+
+
 def test_a_turn_too_large_alone_is_refused_before_the_engine():
     engine = ScriptedEngine()
     with pytest.raises(UserFacingError, match="too large.*shorter text"):
@@ -131,10 +158,10 @@ def test_one_log_line_per_request_without_content(caplog, tmp_path: Path):
     Image.new("RGB", (60, 40), "red").save(picture)
     engine = ScriptedEngine(Delta(queue_position=1), Delta(), Delta("Secret", 1), Delta("s", 1))
     message = {"text": "my secret question", "files": [str(picture)]}
-    run(engine, message, session_id=SESSION)
+    run(engine, message, session=SESSION)
     [line] = log_lines(caplog)
     assert line["outcome"] == "ok"
-    assert line["session"] == engine.requests[0].session_id
+    assert line["session"] == anonymous_id(SESSION)
     assert len(line["session"]) == 12 and SESSION not in json.dumps(line)
     assert line["generated_tokens"] == 2 and line["images"] == 1 and line["videos"] == 0
     assert line["prompt_tokens"] > 4  # the image's pads alone are 4 tokens
@@ -153,7 +180,7 @@ def test_log_content_adds_the_message_and_the_answer(caplog):
 
 def test_a_stopped_answer_is_logged_as_stopped(caplog):
     engine = ScriptedEngine(*[Delta("word ", 1)] * 100)
-    turn_ = respond(engine, Settings(), "Talk", [], OPTIONS, session_id=SESSION)
+    turn_ = respond(engine, Settings(), "Talk", [], OPTIONS, caller=Caller(session=SESSION))
     next(turn_)
     turn_.close()  # what Gradio does on Stop or disconnect
     assert engine.closed
@@ -191,19 +218,21 @@ def test_without_a_session_the_id_is_a_dash(caplog):
     assert log_lines(caplog)[0]["session"] == "-"
 
 
-def test_boxes_are_drawn_on_the_latest_image_enlarged_when_small():
-    from PIL import Image
+def test_boxes_are_drawn_on_the_latest_image_enlarged_when_small(tmp_path: Path):
+    from app.grounding import DRAWING_MIN_SIDE
+    from tests.media_corpus import write_video
 
-    from app.chat import DRAWING_MIN_SIDE, boxes_image
-    from app.media import ImageInput, VideoInput
-
-    old = ImageInput(image=Image.new("RGB", (56, 56), "white"))
-    latest = ImageInput(image=Image.new("RGB", (280, 140), "white"))
-    video = VideoInput(frames=[latest.image] * 2, fps=2.0, duration=1.0)
+    Image.new("RGB", (56, 56), "white").save(tmp_path / "old.png")
+    Image.new("RGB", (280, 140), "white").save(tmp_path / "latest.png")
+    clip = write_video(tmp_path / "clip.mp4", frames=4)
     raw = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(0,0),(500,1000)<|box_end|>"
-    path = boxes_image(raw, "qwen2_vl", [old, latest, video])
+    files = [str(tmp_path / "old.png"), str(tmp_path / "latest.png"), str(clip)]
+    [*_, last] = run(ScriptedEngine(Delta(raw, 1)), {"text": "Find the cat", "files": files})
+    [path] = [m["content"]["path"] for m in last if isinstance(m["content"], dict)]
     drawing = Image.open(path)
     assert min(drawing.size) == DRAWING_MIN_SIDE and drawing.size[0] == 2 * drawing.size[1]
     assert drawing.getpixel((drawing.width // 2, drawing.height // 2)) != (255, 255, 255)
-    assert boxes_image("no boxes here", "qwen2_vl", [latest]) is None
-    assert boxes_image(raw, "qwen2_vl", [video]) is None
+    no_boxes = run(ScriptedEngine(Delta("no boxes here", 1)), {"text": "?", "files": files})
+    assert not any(isinstance(m["content"], dict) for m in no_boxes[-1])
+    video_only = run(ScriptedEngine(Delta(raw, 1)), {"text": "?", "files": [str(clip)]})
+    assert not any(isinstance(m["content"], dict) for m in video_only[-1])

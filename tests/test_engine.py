@@ -9,19 +9,18 @@ import pytest
 from PIL import Image
 
 from app.config import Settings
-from app.engine import ChatRequest, GenerationOptions
-from app.engine.local import LocalEngine, choose_attention, generate_kwargs
+from app.engine import ChatRequest, CheckpointNotFound, GenerationOptions
+from app.engine.local import LocalEngine, choose_attention
+from app.engine.worker import generate_kwargs
 from app.errors import UserFacingError
-from app.media import ImageInput, VideoInput
-
-QUESTION = [{"type": "image", "image": "cat.png"}, {"type": "text", "text": "What is this?"}]
+from tests.uploads import clip, part, picture
 
 
 def image_request(tokens: int, **options) -> ChatRequest:
-    image = Image.new("RGB", (56, 84), (200, 30, 30))
+    image = picture(Image.new("RGB", (56, 84), (200, 30, 30)))
+    question = [part(image), {"type": "text", "text": "What is this?"}]
     return ChatRequest(
-        messages=[{"role": "user", "content": QUESTION}],
-        media=[ImageInput(image=image)],
+        messages=[{"role": "user", "content": question}],
         options=GenerationOptions(max_new_tokens=tokens, **options),
     )
 
@@ -92,18 +91,9 @@ def test_a_generation_error_reaches_the_caller_and_the_next_turn_works(engine):
 
 
 def test_video_input(engine):
-    frames = [Image.new("RGB", (56, 56), (i * 60, 0, 0)) for i in range(4)]
+    video = clip((56, 56), frames=4, rate=2)
     request = ChatRequest(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "video", "video": "v.mp4"},
-                    {"type": "text", "text": "What happens?"},
-                ],
-            }
-        ],
-        media=[VideoInput(frames=frames, fps=2.0, duration=2.0)],
+        messages=[{"role": "user", "content": [part(video), {"type": "text", "text": "What?"}]}],
         options=GenerationOptions(max_new_tokens=5),
     )
     inputs = engine.encode(request)
@@ -117,8 +107,8 @@ def test_qwen2_5_vl_family(tiny_checkpoint_25):
     assert answer(engine, image_request(6))[1] == 6
 
 
-def test_missing_checkpoint_exits_with_a_hint(tmp_path):
-    with pytest.raises(SystemExit, match="HF_HUB_OFFLINE"):
+def test_missing_checkpoint_raises_a_typed_error_with_a_hint(tmp_path):
+    with pytest.raises(CheckpointNotFound, match="HF_HUB_OFFLINE"):
         LocalEngine(Settings(checkpoint_path=str(tmp_path / "nope"), cpu_only=True))
 
 

@@ -57,8 +57,9 @@ def test_health_says_loading_then_ready_and_needs_no_password(unstarted_app):
         "status": "ready",
         "message": "",
         "backend": "local",
-        "model": engine.settings.checkpoint_path,
+        "model": "tiny-qwen2-vl",  # the folder's name, never the server's path
     }
+    assert engine.settings.checkpoint_path not in ready.text
 
 
 def test_auth_refuses_a_wrong_password_and_accepts_the_right_one(unstarted_app):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import media
 from app.errors import UserFacingError
 from app.media import (
     ImageInput,
@@ -22,6 +21,7 @@ from app.media import (
     smart_resize,
     sniff_kind,
 )
+from app.media import video as video_module
 from tests.media_corpus import ANIMATION_COLORS, EXPECTED, frame_index, make_corpus, write_video
 
 LIMITS = MediaLimits()
@@ -176,9 +176,9 @@ def test_seeking_picks_the_same_frames_as_one_pass(
     seeking = [frame_index(f) for f in load_video(path, limits).frames]
 
     def seek_fails(frames: object, target: int) -> None:
-        raise media._SeekFailed
+        raise video_module._SeekFailed
 
-    monkeypatch.setattr(media, "_checked_after_seek", seek_fails)
+    monkeypatch.setattr(video_module, "_checked_after_seek", seek_fails)
     assert [frame_index(f) for f in load_video(path, limits).frames] == seeking
     assert seeking == _expected_indices(100, 10)
 
@@ -188,7 +188,7 @@ def test_long_video_decodes_only_around_the_sampled_frames(
 ) -> None:
     path = write_video(tmp_path / "minute.mp4", frames=1800, rate=30, gop=30)
     decoded = 0
-    decode = media._decode
+    decode = video_module._decode
 
     def counting(packet: object) -> list:
         nonlocal decoded
@@ -196,7 +196,7 @@ def test_long_video_decodes_only_around_the_sampled_frames(
         decoded += len(frames)
         return frames
 
-    monkeypatch.setattr(media, "_decode", counting)
+    monkeypatch.setattr(video_module, "_decode", counting)
     result = load_video(path, replace(LIMITS, max_frames=8))
     assert len(result.frames) == 8
     assert decoded <= 8 * 30  # at most one GOP per sampled frame, not 1800 frames
@@ -237,7 +237,7 @@ def test_sniff_uses_content_not_extension(corpus: dict[str, Path]) -> None:
         ("tiny_mp4", replace(LIMITS, max_video_seconds=1.0), "at most 0:01"),
         ("animated_gif", replace(LIMITS, max_video_seconds=0.5), "at most 0:00"),
         ("png_named_mp4", replace(LIMITS, max_image_pixels=1000), "too large"),
-        ("video_8k", replace(LIMITS, max_image_pixels=20_000_000), "too large"),
+        ("video_8k", replace(LIMITS, max_video_frame_pixels=20_000_000), "too large"),
         ("empty", LIMITS, "is empty"),
         ("audio_only_m4a", LIMITS, "no video track"),
         ("decompression_bomb_png", LIMITS, "too large"),

@@ -8,6 +8,8 @@ import time
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from app.messages import media_of
+
 COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230)]
 
 
@@ -57,8 +59,8 @@ def test_parallel_sessions_never_see_each_other(app, tmp_path):
         ]
         owner = int(texts[0].split()[1].rstrip(":"))
         assert all(text.startswith(f"session {owner}:") for text in texts)
-        assert len(request.media) == 1
-        image = request.media[0].image
+        [media] = media_of(request.messages)
+        image = media.decode().image
         assert image.getpixel((0, 0)) == COLOURS[owner], "its own image, nobody else's"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -9,14 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.messages import conversation_messages
+from app.media import MediaLimits, prepare
+from app.messages import attach_media, conversation_messages, user_turn_messages
 from app.transcript import (
     FORMAT,
     TRANSCRIPT_NAME,
     TranscriptError,
     export_transcript,
     import_transcript,
-    user_turn_messages,
 )
 
 
@@ -100,7 +101,8 @@ def test_the_zip_holds_a_readable_transcript_and_each_file_once(chat, tmp_path):
 
 def test_an_imported_chat_reaches_the_model_like_the_original(chat, tmp_path):
     restored = import_transcript(export_transcript(chat, tmp_path / "c.zip"), tmp_path / "out")
-    messages = conversation_messages(restored, "And now?", lambda path: "image")
+    opened = conversation_messages(restored, "And now?")
+    messages = attach_media(opened, lambda path: prepare(path, MediaLimits()))
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     assert [item["type"] for item in messages[0]["content"]] == ["image", "text"]
     assert messages[1]["content"] == "The **cat** is here."  # drawing and statistics: not sent
@@ -112,6 +114,12 @@ def test_a_file_gone_from_the_cache_is_named_in_the_export(chat, picture, tmp_pa
     assert restored[0]["content"] == [
         {"type": "text", "text": "(holiday photo.png: file not available)"}
     ]
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "orange").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_zip(path: Path, files: dict[str, str | bytes]) -> Path:
@@ -176,7 +184,7 @@ def test_a_zip_bomb_stops_at_the_size_limit(tmp_path):
     message = {"role": "user", "content": [{"type": "file", "file": {"path": "media/big.bin"}}]}
     files = {TRANSCRIPT_NAME: transcript(message), "media/big.bin": b"\0" * 3_000_000}
     path = write_zip(tmp_path / "bomb.zip", files)
-    with pytest.raises(TranscriptError, match="too large"):
+    with pytest.raises(TranscriptError, match="at most 1 MB|expands more than"):
         import_transcript(path, tmp_path / "out", max_bytes=1_000_000)
     assert not (tmp_path / "out").exists()
 
@@ -189,11 +197,11 @@ def test_a_hand_written_list_of_messages_is_accepted(tmp_path):
                 {"role": "assistant", "content": "A cat.", "metadata": {"title": 3, "x": [1]}},
             ]
         ),
-        "pics/cat.png": b"png bytes",
+        "pics/cat.png": png_bytes(),
     }
     restored = import_transcript(write_zip(tmp_path / "c.zip", files), tmp_path / "out")
     assert [p["type"] for p in restored[0]["content"]] == ["file", "text"]
-    assert Path(restored[0]["content"][0]["file"]["path"]).read_bytes() == b"png bytes"
+    assert Path(restored[0]["content"][0]["file"]["path"]).read_bytes() == png_bytes()
     assert restored[1] == {
         "role": "assistant",
         "content": [{"type": "text", "text": "A cat."}],
@@ -210,4 +218,54 @@ def test_a_user_turn_becomes_one_message_per_file_then_the_text():
     ]
     assert user_turn_messages({"text": "", "files": ["/tmp/a.png"]}) == [
         {"role": "user", "content": {"path": "/tmp/a.png"}}
+    ]
+
+
+def file_message(member: str) -> dict:
+    return {"role": "user", "content": [{"type": "file", "file": {"path": member}}]}
+
+
+def test_a_compression_bomb_is_refused_before_anything_is_written(tmp_path):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr(TRANSCRIPT_NAME, transcript(file_message("media/a.png")))
+        archive.writestr("media/a.png", b"\0" * 50_000_000)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(TranscriptError, match="a.png is 47.7 MB; at most 1 MB"):
+        import_transcript(path, tmp_path / "out", max_bytes=1_000_000)
+    with pytest.raises(TranscriptError, match="expands more than 100 times"):
+        import_transcript(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_encrypted_long_named_nested_and_non_media_members_get_a_reason(tmp_path):
+    encrypted = write_zip(tmp_path / "e.zip", {TRANSCRIPT_NAME: transcript()})
+    data = bytearray(encrypted.read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # set the "encrypted" flag bit
+        at = data.find(header)
+        flags = at + (6 if header == b"PK\x03\x04" else 8)
+        data[flags] |= 1
+    encrypted.write_bytes(bytes(data))
+    with pytest.raises(TranscriptError, match="encrypted"):
+        import_transcript(encrypted, tmp_path / "o1")
+    long_name = "media/" + "x" * 300 + ".png"
+    files = {TRANSCRIPT_NAME: transcript(file_message(long_name)), long_name: png_bytes()}
+    restored = import_transcript(write_zip(tmp_path / "l.zip", files), tmp_path / "o2")
+    assert len(Path(restored[0]["content"][0]["file"]["path"]).name) <= 80
+    nested = write_zip(tmp_path / "n.zip", {TRANSCRIPT_NAME: "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(TranscriptError, match="nested too deeply"):
+        import_transcript(nested, tmp_path / "o3")
+    script = {TRANSCRIPT_NAME: transcript(file_message("media/a.png")), "media/a.png": "<svg/>"}
+    with pytest.raises(TranscriptError, match="a.png, which is refused"):
+        import_transcript(write_zip(tmp_path / "s.zip", script), tmp_path / "o4")
+
+
+def test_export_writes_only_trusted_files(chat, tmp_path):
+    outside = [{"role": "user", "content": [{"type": "file", "file": {"path": "/etc/passwd"}}]}]
+    path = export_transcript(chat + outside, tmp_path / "c.zip")
+    with zipfile.ZipFile(path) as archive:
+        assert not any("passwd" in name for name in archive.namelist())
+        document = json.loads(archive.read(TRANSCRIPT_NAME))
+    assert document["messages"][-1]["content"] == [
+        {"type": "text", "text": "(passwd: file not available)"}
     ]

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.engine import EngineStatus, GenerationOptions
 from app.i18n import EN, GRADIO_ZH, TRANSLATIONS, ZH, key
 from app.messages import conversation_messages
+from app.options import FIELDS, NAMES, chat_options
 from app.ui import (
     ASSETS,
     EXAMPLES,
@@ -28,7 +29,6 @@ from app.ui import (
     export_conversation,
     import_conversation,
     render_chat,
-    settings_inputs,
 )
 
 
@@ -38,7 +38,9 @@ def client(app) -> Client:
 
 
 def stub_engine(state: str = "ready") -> SimpleNamespace:
-    return SimpleNamespace(family="qwen2_vl", status=lambda: EngineStatus(state, "stub"))
+    return SimpleNamespace(
+        family="qwen2_vl", status=lambda: EngineStatus(state, "stub"), generation_defaults={}
+    )
 
 
 def test_both_languages_have_every_label():
@@ -83,7 +85,7 @@ def test_settings_reach_the_engine_request(client, app):
     request = app[1].requests[-1]
     assert request.options == GenerationOptions(3, 0.5, 0.8, 5, 1.2, 7)
     assert request.messages[0] == {"role": "system", "content": "Answer in French."}
-    assert request.session_id not in ("", "-"), "the API request is logged with its session"
+    assert request.client not in ("", "-"), "the API request says whose it is (a keyed hash)"
 
 
 def test_the_api_documents_chat_only_with_the_settings(client):
@@ -91,7 +93,9 @@ def test_the_api_documents_chat_only_with_the_settings(client):
     assert "/chat" in endpoints and "/chat_ui" not in endpoints
     names = [parameter["parameter_name"] for parameter in endpoints["/chat"]["parameters"]]
     assert names[:3] == ["message", "history", "system_prompt"]
-    assert "request" not in names and len(names) == 2 + len(settings_inputs(Settings()))
+    assert "request" not in names and len(names) == 2 + len(FIELDS)
+    details = [p["parameter_name"] for p in endpoints["/chat_details"]["parameters"]]
+    assert details == names
 
 
 def test_examples_use_the_committed_media_and_assets_stay_small():
@@ -150,12 +154,12 @@ def test_editing_a_question_keeps_the_turns_picture(chat, tmp_path):
             None, {"index": 1, "value": "What colour is it?", "previous_value": "What is it?"}
         ),
     )
-    resent = conversation_messages(kept, message, lambda path: "image")
+    resent = conversation_messages(kept, message)
     assert resent == [
         {
             "role": "user",
             "content": [
-                {"type": "image", "image": kept[0]["content"][0]["file"]["path"]},
+                {"type": "file", "path": kept[0]["content"][0]["file"]["path"]},
                 {"type": "text", "text": "What colour is it?"},
             ],
         }
@@ -181,7 +185,7 @@ def test_exporting_nothing_changes_nothing_and_a_bad_import_says_why(tmp_path):
     bad = tmp_path / "holiday.zip"
     bad.write_text("not a zip")
     with pytest.raises(gr.Error, match="holiday.zip is not a conversation file"):
-        import_conversation(str(bad))
+        import_conversation(str(bad), Settings())
 
 
 def test_an_exported_chat_imports_as_a_new_conversation(tmp_path):
@@ -189,16 +193,14 @@ def test_an_exported_chat_imports_as_a_new_conversation(tmp_path):
     Image.new("RGB", (8, 8)).save(picture)
     history = normalized([{"role": "user", "content": {"path": str(picture)}}])
     exported = export_conversation(history)
-    messages, conversation_id = import_conversation(exported.value["path"])
+    messages, conversation_id = import_conversation(exported.value["path"], Settings())
     assert conversation_id is None
     assert Path(messages[0]["content"][0]["file"]["path"]).read_bytes() == picture.read_bytes()
 
 
 def test_the_settings_are_upper_bounded_by_the_server_flags():
-    from app.ui import options_from_values
-
     settings = replace(Settings(), min_pixels=784, max_pixels=4000, max_frames=8)
     values = ("", True, 10, 0.0, 1.0, 0, 1.0, -1, 5000, 10**9, 2.0, 64)
-    options = options_from_values(settings, values)
+    options = chat_options(dict(zip(NAMES, values, strict=True)), settings)
     assert (options.media.max_pixels, options.media.min_pixels) == (4000, 4000)
     assert options.media.max_frames == 8 and options.generation.seed is None

@@ -19,9 +19,10 @@ from gradio_client import utils as client_utils
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app import chat
+from app import media as media_module
 from app.config import Settings
-from app.media import FACTOR, FRAME_FACTOR, ImageInput, VideoInput
+from app.media import QWEN2_VL, ImageInput, VideoInput
+from app.messages import media_of
 from tests.conftest import Recording, free_port
 from tests.media_corpus import EXPECTED, make_corpus, write_video
 
@@ -70,16 +71,22 @@ def request_with(recording: Recording, marker: str):
     raise AssertionError(f"no request with {marker!r} reached the engine")
 
 
+def decoded(request) -> list[ImageInput | VideoInput]:
+    """The pixels of a request's media, as the engine decoded them."""
+    return [media.decode() for media in media_of(request.messages)]
+
+
 def check_model_ready(item: ImageInput | VideoInput, expected: str) -> None:
+    factor, group = QWEN2_VL.factor, QWEN2_VL.temporal_patch_size
     if expected == "image":
         assert isinstance(item, ImageInput)
         sizes = [item.image.size]
     else:
         assert isinstance(item, VideoInput)
-        assert len(item.frames) >= FRAME_FACTOR and len(item.frames) % FRAME_FACTOR == 0
+        assert len(item.frames) >= group and len(item.frames) % group == 0
         sizes = {frame.size for frame in item.frames}
         assert len(sizes) == 1, "every frame has the same size"
-    assert all(w % FACTOR == 0 and h % FACTOR == 0 for w, h in sizes)
+    assert all(w % factor == 0 and h % factor == 0 for w, h in sizes)
 
 
 def refused_by_extension(client: Client, path: Path) -> bool:
@@ -111,7 +118,7 @@ def test_corpus_file_through_chat(name, corpus, client, app):
     assert isinstance(client.predict(message, **SHORT), str)
     request = request_with(app[1], f"[{name}]")
     assert [c["type"] for c in request.messages[-1]["content"]] == [expected, "text"]
-    check_model_ready(request.media[-1], expected)
+    check_model_ready(decoded(request)[-1], expected)
 
 
 def test_the_server_still_answers_after_the_corpus(client, corpus):
@@ -141,7 +148,7 @@ def test_a_failed_upload_in_the_history_does_not_break_later_turns(client, app, 
     )
     request = request_with(app[1], "[after-failure]")
     assert [m["role"] for m in request.messages] == ["user"], "the failed turn is left out"
-    assert len(request.media) == 1
+    assert len(media_of(request.messages)) == 1
 
     answered_turn = [  # a client that kept the bad file in a turn that was answered
         file_part(bad),
@@ -153,7 +160,7 @@ def test_a_failed_upload_in_the_history_does_not_break_later_turns(client, app, 
     request = request_with(app[1], "[bad-file-kept]")
     assert [m["role"] for m in request.messages] == ["user", "assistant", "user"]
     assert [c["type"] for c in request.messages[0]["content"]] == ["image", "text"]
-    assert len(request.media) == 1, "the bad file is skipped, the good one kept"
+    assert len(media_of(request.messages)) == 1, "the bad file is skipped, the good one kept"
 
 
 # --- limits, on a page with tight ones ------------------------------------------------------
@@ -205,7 +212,7 @@ def test_the_oldest_turns_are_left_out_beyond_max_context(strict_app, strict_cli
     assert 1 < len(kept) < 7, "some, not all, earlier turns were left out"
     assert request.messages[0]["role"] == "user"
     assert "Turn 5:" in str(request.messages[-3]["content"]), "the newest ones are kept"
-    assert len(request.media) == len(kept) - 1
+    assert len(media_of(request.messages)) == len(kept) - 1
     inputs = strict_app[1].engine.encode(request)
     assert inputs["input_ids"].shape[1] + 4 <= 300, "prompt + max_new_tokens fit"
 
@@ -221,15 +228,15 @@ def test_a_turn_too_large_alone_says_what_to_change(strict_client):
 def test_preparing_a_big_video_does_not_hold_up_another_session(app, client, monkeypatch, tmp_path):
     video = write_video(tmp_path / "slow-8k.mp4", codec="mpeg4", size=(7680, 4320), frames=4)
     preparing, release = threading.Event(), threading.Event()
-    load_media = chat.load_media
+    decode = media_module._decode
 
-    def held_load_media(path, limits):  # the 8K video's decoding is held until released
-        if Path(path).name == video.name:
+    def held_decode(media):  # the 8K video's decoding is held until released
+        if media.path.name == video.name:
             preparing.set()
             release.wait(timeout=30)
-        return load_media(path, limits)
+        return decode(media)
 
-    monkeypatch.setattr(chat, "load_media", held_load_media)
+    monkeypatch.setattr(media_module, "_decode", held_decode)
     big = client.submit({"text": "[big] What?", "files": [handle_file(video)]}, **SHORT)
     try:
         assert preparing.wait(timeout=30), "the big video is being prepared"
@@ -240,9 +247,4 @@ def test_preparing_a_big_video_does_not_hold_up_another_session(app, client, mon
     finally:
         release.set()
     assert isinstance(big.result(timeout=60), str)
-    order = [id(r) for r in app[1].requests]
-    small_at = order.index(id(request_with(app[1], "[small]")))
-    assert small_at < order.index(id(request_with(app[1], "[big]"))), (
-        "small reached the engine first"
-    )
-    check_model_ready(request_with(app[1], "[big]").media[-1], "video")
+    check_model_ready(decoded(request_with(app[1], "[big]"))[-1], "video")

@@ -9,7 +9,7 @@ from PIL import Image
 from app.config import Settings
 from app.engine import ChatRequest, GenerationOptions
 from app.engine.zerogpu import ZeroGPUEngine, on_zero_gpu
-from app.media import ImageInput
+from tests.uploads import part, picture
 
 
 def request(tokens: int) -> ChatRequest:
@@ -18,12 +18,11 @@ def request(tokens: int) -> ChatRequest:
             {
                 "role": "user",
                 "content": [
-                    {"type": "image", "image": "x.png"},
+                    part(picture(Image.new("RGB", (56, 56), "blue"))),
                     {"type": "text", "text": "What is it?"},
                 ],
             }
         ],
-        media=[ImageInput(image=Image.new("RGB", (56, 56), "blue"))],
         options=GenerationOptions(max_new_tokens=tokens),
     )
 

@@ -1,17 +1,31 @@
-"""What every engine takes and yields; the engines themselves know nothing about Gradio."""
+"""The engine contract: what every engine takes and yields. Engines know nothing about Gradio.
+
+An engine streams the answer to a `ChatRequest` as `Delta`s (`stream`), says whether it is
+ready (`status`), counts tokens for the budget (`count_tokens`) and names the facts the app
+needs of its model: the output `family` (grounding conventions), the vision `geometry` (how
+pictures are cut into tokens) and the `template_tokens` no message text may contain.
+
+Implementations: `local` (transformers in this process; a model worker thread, `worker`,
+batches waiting requests), `zerogpu` (Spaces ZeroGPU) and `openai` (any OpenAI-compatible
+server). Errors a user should read are `UserFacingError`s; the request's media travel inside
+its messages and are decoded by the engine (`Media.decode()`), never before.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from app.config import Settings
 from app.grounding import Family
-from app.media import ImageInput, VideoInput
+from app.media import Geometry
 
 __all__ = [
+    "END_MARKERS",
+    "HEARTBEAT_SECONDS",
     "ChatRequest",
+    "CheckpointNotFound",
     "Delta",
     "Engine",
     "EngineStatus",
@@ -19,6 +33,16 @@ __all__ = [
     "GenerationOptions",
     "create_engine",
 ]
+
+# How often a waiting consumer gets control back (an empty Delta), in seconds. Not a timeout:
+# a long prefill simply produces more heartbeats, and a stopped chat is closed promptly.
+HEARTBEAT_SECONDS = 0.1
+# Tokens that end an answer; servers that keep special tokens send them, the chat never shows them.
+END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+
+
+class CheckpointNotFound(Exception):
+    """The checkpoint cannot be found or read; `web_demo_mm.main` turns it into the exit message."""
 
 
 @dataclass(frozen=True)
@@ -37,15 +61,14 @@ class GenerationOptions:
 class ChatRequest:
     """One answer to generate.
 
-    `messages` is a Qwen2-VL message list whose image/video entries hold the upload's path;
-    `media` holds the same items decoded and resized, in prompt order.
+    `messages` is a Qwen message list whose image/video parts hold `app.media.Media` objects
+    (`{"type": "image", "image": media}`), in prompt order; `client` says whose request it is.
     """
 
-    messages: list[dict[str, Any]]
-    media: Sequence[ImageInput | VideoInput] = ()
+    messages: Sequence[dict[str, Any]]
     options: GenerationOptions = field(default_factory=GenerationOptions)
     add_vision_id: bool = False
-    session_id: str = ""
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +97,9 @@ class Engine(Protocol):
     """Streams answers. Closing the iterator (stop, disconnect) ends the generation."""
 
     family: Family
+    geometry: Geometry
+    template_tokens: Sequence[str]
+    generation_defaults: Mapping[str, float]  # the checkpoint's sampling settings, if known
 
     def status(self) -> EngineStatus: ...
 

@@ -43,24 +43,30 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
-from app.engine import ChatRequest, Delta, EngineStatus, GenerationOptions
+from app.config import VIDEO_FORMATS
+from app.engine import (
+    END_MARKERS,
+    HEARTBEAT_SECONDS,
+    ChatRequest,
+    Delta,
+    EngineStatus,
+    GenerationOptions,
+)
 from app.errors import UserFacingError
 from app.grounding import Family, family_of
-from app.media import ImageInput, VideoInput
+from app.media import QWEN2_VL, Geometry, ImageInput, VideoInput
+from app.messages import TEMPLATE_TOKENS
 
 log = logging.getLogger(__name__)
 
-VideoFormat = Literal["frames", "video/jpeg"]
-VIDEO_FORMATS: tuple[VideoFormat, ...] = ("frames", "video/jpeg")
+VideoFormat = Literal["frames", "video/jpeg"]  # app.config.VIDEO_FORMATS
 
 DEFAULT_TIMEOUT_SECONDS = 600.0  # longest wait for the next byte of an answer (a long prefill)
 CONNECT_TIMEOUT_SECONDS = 10.0
 PROBE_TIMEOUT_SECONDS = 3.0  # /v1/models, asked by status(): the page must not wait on it
 RECHECK_SECONDS = 5.0  # how often status() asks again while the server is not ready
-HEARTBEAT_SECONDS = 0.1  # an empty Delta this often while the server is silent
 JPEG_QUALITY = 90
 MAX_ERROR_CHARS = 300  # a server's error message is cut to this length for the chat
-END_MARKERS = ("<|im_end|>", "<|endoftext|>")  # sent by servers that keep special tokens
 # Fields a server may reject as unknown; the request is retried once without the ones it names.
 OPTIONAL_FIELDS = ("skip_special_tokens", "top_k", "repetition_penalty", "stream_options", "seed")
 _CLOSE = {"Connection": "close"}
@@ -99,12 +105,14 @@ def _text(content: Any) -> str:
 
 def to_openai_messages(
     messages: Sequence[Mapping[str, Any]],
-    media: Sequence[ImageInput | VideoInput],
     add_vision_id: bool = False,
     video_format: VideoFormat = "frames",
 ) -> list[dict[str, Any]]:
-    """Chat-completions messages for a Qwen2-VL message list; `media` are its items, in order."""
-    items = iter(media)
+    """Chat-completions messages for a Qwen message list, decoding its media objects.
+
+    The same media always give the same bytes (JPEG encoding is deterministic), so the
+    earlier messages of two consecutive turns are byte-identical: a server's prefix cache hits.
+    """
     counts = {"image": 0, "video": 0}
     converted: list[dict[str, Any]] = []
     for message in messages:
@@ -122,19 +130,15 @@ def to_openai_messages(
                 if add_vision_id:
                     label = "Picture" if kind == "image" else "Video"
                     parts.append({"type": "text", "text": f"{label} {counts[kind]}: "})
-                parts.extend(_media_parts(kind, next(items, None), video_format))
+                parts.extend(_media_parts(part[kind].decode(), video_format))
         converted.append({"role": role, "content": parts})
-    if next(items, None) is not None:
-        raise ValueError("request.media holds more items than the messages")
     return converted
 
 
-def _media_parts(kind: str, item: Any, video_format: VideoFormat) -> list[dict[str, Any]]:
-    if kind == "image" and isinstance(item, ImageInput):
+def _media_parts(item: ImageInput | VideoInput, video_format: VideoFormat) -> list[dict[str, Any]]:
+    if isinstance(item, ImageInput):
         return [{"type": "image_url", "image_url": {"url": image_data_url(item.image)}}]
-    if kind == "video" and isinstance(item, VideoInput):
-        return _video_parts(item, video_format)
-    raise ValueError(f"request.media does not match the messages: {kind} entry, got {item!r}")
+    return _video_parts(item, video_format)
 
 
 def chat_body(
@@ -291,11 +295,14 @@ class OpenAIEngine:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         video_format: VideoFormat = "frames",
     ) -> None:
-        if video_format not in VIDEO_FORMATS:
+        if video_format not in VIDEO_FORMATS:  # the flag's choices
             raise ValueError(f"video_format must be one of {VIDEO_FORMATS}, got {video_format!r}")
         self.api_base = normalize_api_base(api_base)
         self.model = model
         self.family: Family = family_of(model)
+        self.geometry: Geometry = QWEN2_VL
+        self.template_tokens: Sequence[str] = TEMPLATE_TOKENS
+        self.generation_defaults: Mapping[str, float] = {}
         self.video_format: VideoFormat = video_format
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -422,9 +429,7 @@ class OpenAIEngine:
     def _deltas(self, request: ChatRequest, call: _Call) -> Iterator[Delta]:
         """Sends the request (again without the fields the server rejects) and reads the answer."""
         model = self._model_name()
-        messages = to_openai_messages(
-            request.messages, request.media, request.add_vision_id, self.video_format
-        )
+        messages = to_openai_messages(request.messages, request.add_vision_id, self.video_format)
         body = chat_body(model, messages, request.options, omit=self._omit)
         url = f"{self.api_base}/chat/completions"
         for attempt in range(2):

@@ -19,14 +19,8 @@ from typing import Any
 
 from app.engine import ChatRequest, Delta, GenerationOptions
 from app.engine.batching import BatchStreamer
-from app.engine.local import (
-    CountingStreamer,
-    Job,
-    LocalEngine,
-    eos_token_ids,
-    generate_batch,
-    read_job,
-)
+from app.engine.local import LocalEngine
+from app.engine.worker import CountingStreamer, Job, eos_token_ids, generate_batch, read_job
 
 # (model, tokenizer, pad token id, eos ids): module level, so that the GPU process sees it.
 _LOADED: tuple[Any, Any, int, set[int]] | None = None

@@ -1,0 +1,312 @@
+"""Uploads as media objects: made once per request from the file's header, decoded on demand.
+
+`prepare(path, limits)` turns one upload into one `Media`: its name, content hash, kind, the
+facts its header gives (size, frame count, every frame's time) and the plan for this request's
+limits (the size it is fed at, which frames, how many visual tokens), all without decoding.
+`Media.decode()` decodes when an engine needs the pixels, through one cache keyed by content
+(within one client) and plan and bounded in bytes, with at most DECODE_SLOTS decodes at once.
+So the token budget is settled before anything is decoded, and turns it leaves out never are.
+
+Modules: `sizing` (smart_resize, frame counts, token counts), `sniff` (what a file is, and the
+messages for bad ones), `images` and `video` (headers and decoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from app.errors import UserFacingError
+from app.media.images import (
+    ImageHeader,
+    ImageInput,
+    ImagePlan,
+    decode_still,
+    image_header,
+    rgb_on_white,
+)
+from app.media.sizing import (
+    QWEN2_VL,
+    Geometry,
+    MediaLimits,
+    image_size,
+    smart_resize,
+)
+from app.media.sniff import (
+    KINDS,
+    Kind,
+    check_file,
+    is_animation,
+    open_image,
+    reading,
+    sniff_kind,
+    wrong_kind,
+)
+from app.media.video import (
+    VideoHeader,
+    VideoInput,
+    VideoPlan,
+    animation_header,
+    container_header,
+    decode_animation,
+    decode_container,
+    plan_video,
+)
+from app.trust import display_name, trusted_file
+
+__all__ = [
+    "KINDS",
+    "QWEN2_VL",
+    "Geometry",
+    "ImageInput",
+    "Kind",
+    "Media",
+    "MediaLimits",
+    "VideoInput",
+    "load_media",
+    "prepare",
+    "rgb_on_white",
+    "smart_resize",
+    "sniff_kind",
+]
+
+DECODED_CACHE_BYTES = 512 * 1024 * 1024  # decoded pixels kept for the next turns, all clients
+HEADER_CACHE_ENTRIES = 512  # files whose header facts are kept (a few KB each)
+DECODE_SLOTS = 2  # decodes at once: more would only share the CPU and add up their memory
+_HASH_CHUNK = 1024 * 1024
+
+Header = ImageHeader | VideoHeader
+Plan = ImagePlan | VideoPlan
+Decoded = ImageInput | VideoInput
+
+
+@dataclass(frozen=True)
+class Media:
+    """One upload prepared for one request; `decode()` gives its pixels (cached).
+
+    Equal when made of the same file with the same plan (by value, never hashed).
+    """
+
+    path: Path
+    name: str
+    digest: str  # hash of the file's bytes: the same content is the same media
+    kind: Kind
+    header: Header
+    plan: Plan
+    tokens: int  # visual tokens the plan costs
+    limits: MediaLimits
+    scope: str = ""  # whose cache entry this is (the client): decoded pixels are not shared
+
+    __hash__ = None  # type: ignore[assignment]  # its header holds lists
+
+    @property
+    def fed_size(self) -> tuple[int, int]:
+        """(width, height) of the image, or of each frame, as the model sees it."""
+        return self.plan.size
+
+    @property
+    def frames(self) -> int:
+        return len(self.plan.indices) if isinstance(self.plan, VideoPlan) else 1
+
+    def decode(self) -> Decoded:
+        """The pixels, decoded now or taken from the cache."""
+        key = (self.scope, self.digest, self.plan)
+        cached = _decoded.get(key)
+        if cached is not None:
+            return cached
+        with _decode_slots:
+            decoded = _decode(self)
+        _decoded.put(key, decoded, _decoded_bytes(decoded))
+        return decoded
+
+
+def prepare(
+    path: str | os.PathLike[str],
+    limits: MediaLimits,
+    geometry: Geometry = QWEN2_VL,
+    *,
+    name: str | None = None,
+    scope: str = "",
+) -> Media:
+    """The media object of a client's upload: trust rule, header, plan; nothing decoded.
+
+    Raises UserFacingError (naming the file) for a file outside the trust rule, a bad file or
+    one over the limits.
+    """
+    resolved = trusted_file(path)
+    name = name or display_name(str(path))
+    digest, kind, header = _header(resolved, name, limits)
+    if kind == "image":
+        assert isinstance(header, ImageHeader)
+        plan: Plan = ImagePlan(image_size(header.width, header.height, limits, name, geometry))
+        tokens = geometry.image_tokens(*plan.size)
+    else:
+        assert isinstance(header, VideoHeader)
+        plan = plan_video(header, limits, name, geometry)
+        tokens = geometry.video_tokens(len(plan.indices), *plan.size)
+    return Media(resolved, name, digest, kind, header, plan, tokens, limits, scope)
+
+
+def load_media(path: str | os.PathLike[str], limits: MediaLimits) -> Decoded:
+    """Decode a server-side file of any accepted kind (tests, benchmarks); no trust rule, no
+    cache. Animated GIF/WebP/PNG come back as videos."""
+    path = Path(path)
+    _, kind, header = _read_header(path, path.name, limits)
+    media = Media(path, path.name, "", kind, header, _plan(kind, header, limits, path.name),
+                  0, limits)  # fmt: skip
+    return _decode(media)
+
+
+def _plan(kind: Kind, header: Header, limits: MediaLimits, name: str) -> Plan:
+    if kind == "image":
+        assert isinstance(header, ImageHeader)
+        return ImagePlan(image_size(header.width, header.height, limits, name))
+    assert isinstance(header, VideoHeader)
+    return plan_video(header, limits, name)
+
+
+# --- headers ----------------------------------------------------------------------------------
+
+
+def _header_limits(limits: MediaLimits) -> tuple[Any, ...]:
+    """The limits that decide whether a header is accepted (not the per-session sizes)."""
+    sizing = {"min_pixels", "max_pixels", "video_fps", "min_frames", "max_frames"}
+    sizing |= {"video_min_pixels", "video_max_pixels", "video_total_pixels"}
+    return tuple(getattr(limits, f.name) for f in fields(limits) if f.name not in sizing)
+
+
+def _header(path: Path, name: str, limits: MediaLimits) -> tuple[str, Kind, Header]:
+    """(content hash, kind, header) of a file, cached by its identity on disk."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise UserFacingError(f"The file {name} is no longer available.") from None
+    key = (str(path), info.st_mtime_ns, info.st_size, info.st_ino, _header_limits(limits))
+    cached = _headers.get(key)
+    if cached is None:
+        cached = _read_header(path, name, limits)
+        _headers.put(key, cached, 1)
+    return cached
+
+
+def _read_header(path: Path, name: str, limits: MediaLimits) -> tuple[str, Kind, Header]:
+    check_file(path, limits.max_upload_bytes, name)
+    kind = sniff_kind(path, name)
+    im = open_image(path, name)
+    if im is None:
+        header: Header = container_header(path, name, limits)
+    else:
+        with im, reading(name, "an image" if kind == "image" else "an animated image"):
+            if kind == "image":
+                header = image_header(im, name, limits.max_image_pixels)
+            else:
+                header = animation_header(im, name, limits)
+    return _digest(path), kind, header
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _decode(media: Media) -> Decoded:
+    if isinstance(media.plan, ImagePlan):
+        assert isinstance(media.header, ImageHeader)
+        im = open_image(media.path, media.name)
+        if im is None:
+            raise wrong_kind(media.path, media.name, "an image")
+        with im, reading(media.name, "an image"):
+            return ImageInput(decode_still(im, media.header, media.plan.size))
+    assert isinstance(media.header, VideoHeader)
+    if not media.header.animated:
+        return decode_container(media.path, media.plan, media.header, media.name, media.limits)
+    im = open_image(media.path, media.name)
+    if im is None:
+        raise wrong_kind(media.path, media.name, "an animated image")
+    with im:
+        return decode_animation(im, media.plan, media.header, media.name)
+
+
+def _decoded_bytes(decoded: Decoded) -> int:
+    images = [decoded.image] if isinstance(decoded, ImageInput) else decoded.frames
+    unique = {id(image): image for image in images}.values()  # repeated frames are shared
+    return sum(image.width * image.height * len(image.getbands()) for image in unique)
+
+
+class _Cache:
+    """A thread-safe LRU dict bounded by the summed size of its values."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        if size > self.capacity:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.size -= old[1] if old else 0
+            self._items[key] = (value, size)
+            self.size += size
+            while self.size > self.capacity:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.size -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.size = 0
+
+
+_headers = _Cache(HEADER_CACHE_ENTRIES)
+_decoded = _Cache(DECODED_CACHE_BYTES)
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+
+
+def decoded_cache_bytes() -> int:
+    """Bytes of decoded pixels kept now (for tests and benchmarks)."""
+    return _decoded.size
+
+
+def load_image(path: str | os.PathLike[str], limits: MediaLimits) -> ImageInput:
+    """Decode one still image (tests, benchmarks); a video or animation is refused."""
+    path = Path(path)
+    if sniff_kind(path) != "image":
+        raise wrong_kind(path, path.name, "an image")
+    decoded = load_media(path, limits)
+    assert isinstance(decoded, ImageInput)
+    return decoded
+
+
+def load_video(path: str | os.PathLike[str], limits: MediaLimits) -> VideoInput:
+    """Sample frames from a video file or an animated image (tests, benchmarks)."""
+    path = Path(path)
+    im = open_image(path, path.name)
+    if im is not None:
+        with im:
+            if not is_animation(im):
+                raise UserFacingError(f"'{path.name}' is a still image, not a video.")
+    decoded = load_media(path, limits)
+    assert isinstance(decoded, VideoInput)
+    return decoded
