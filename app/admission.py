@@ -9,7 +9,9 @@ the caller, so it bounds nothing alone; it only keeps one conversation to one an
 - At most `per_client` answers running or waiting per client (`--max-chats-per-client`), sized
   so that a whole office behind one address at a demo day is still served.
 - An answer whose stream nobody reads (a queue join whose results are never fetched) never
-  reaches the engine: it waits up to `listen_seconds` for its reader, then is dropped.
+  reaches the engine: it waits up to `listen_seconds` for its reader, then is dropped. It
+  takes no place while it waits, so unread joins cannot lock out the others at an address;
+  they only hold one of Gradio's worker threads for those seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from app.errors import UserFacingError
 
 SESSION_WAIT_SECONDS = 5.0  # how long a session's next answer waits for its previous one
-LISTEN_SECONDS = 5.0  # how long an answer waits for someone to read its stream
+LISTEN_SECONDS = 3.0  # how long an answer waits for someone to read its stream
 _POLL_SECONDS = 0.05
 
 
@@ -62,9 +64,9 @@ class Admission:
     def enter(self, caller: Caller) -> Iterator[None]:
         """Holds the caller's places while its answer runs; UserFacingError when over a bound,
         Abandoned when nobody reads the answer."""
+        self._wait_for_reader(caller)  # first: an unread job takes nobody's place
         self._take(caller)
         try:
-            self._wait_for_reader(caller)
             yield
         finally:
             with self._changed:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.admission import Admission, Caller
+from app.admission import Abandoned, Admission, Caller
 from app.budget import fit
 from app.config import Settings
 from app.engine import ChatRequest, Delta, Engine
@@ -297,6 +297,8 @@ def respond(
             yield shown
     except UserFacingError as exc:
         yield [m for m in shown if not is_notice(m)] + [notice(ERROR_TITLE, str(exc))]
+    except Abandoned:
+        return  # nobody reads this answer: there is no one to tell
 
 
 def _stream(

@@ -7,7 +7,10 @@ BaseHTTPMiddleware, which buffers the event streams Gradio's queue answers with)
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -21,6 +24,7 @@ from fastapi.routing import APIRoute
 
 from app.config import Settings
 from app.engine import Engine
+from app.markup import EDIT_BOX_SCRIPT
 
 LOCALHOST = "127.0.0.1"
 QUEUE_STREAM_PATH = "/gradio_api/queue/data"
@@ -28,24 +32,36 @@ LOGIN_PATHS = ("/login", "/login/")
 FREE_LOGIN_FAILURES = 3  # failures before a client has to wait
 MAX_LOGIN_DELAY_SECONDS = 60.0
 # What the page may load and do. Model and user text is rendered as HTML by the chat: this
-# keeps any of it from loading outside images or scripts, or posting a form elsewhere.
-# Gradio's page needs inline scripts and styles, blob: workers and data: images.
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:",
-        "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com",
-        "font-src 'self' data: https://fonts.gstatic.com",
-        "img-src 'self' data: blob:",
-        "media-src 'self' data: blob:",
-        "connect-src 'self' data: blob:",
-        "worker-src 'self' blob:",
-        "frame-src 'self'",
-        "form-action 'self'",
-        "base-uri 'self'",
-        "object-src 'none'",
-    )
+# keeps any of it from loading outside images, running a script (inline handlers and
+# javascript: links need 'unsafe-inline', which only the page's own scripts get, by hash) or
+# posting a form elsewhere. Gradio's page needs inline styles, blob: workers, data: images.
+POLICY = (
+    "default-src 'self'",
+    "script-src 'self' 'unsafe-eval' blob: {script_hashes}",
+    "style-src 'self' 'unsafe-inline'",
+    "font-src 'self' data:",
+    "img-src 'self' data: blob:",
+    "media-src 'self' data: blob:",
+    "connect-src 'self'",
+    "worker-src 'self' blob:",
+    "frame-src 'none'",
+    "object-src 'none'",
+    "form-action 'self'",
+    "base-uri 'self'",
 )
+_INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL)
+
+
+def content_security_policy(page: bytes = b"") -> str:
+    """The policy for a response: an HTML page's own inline scripts, and the app's head script
+    (which Gradio inserts while the page runs), are allowed by hash."""
+    scripts = [m.group(1) for m in _INLINE_SCRIPT.finditer(page + EDIT_BOX_SCRIPT.encode())]
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'"
+        for script in dict.fromkeys(scripts)
+    )
+    return "; ".join(POLICY).replace("{script_hashes}", hashes).replace(" ;", ";")
+
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -205,23 +221,55 @@ class LoginThrottle:
 
 
 def security_headers(app: ASGIApp) -> ASGIApp:
-    """Adds the Content-Security-Policy and no-sniffing headers to every response."""
+    """Adds the Content-Security-Policy and no-sniffing headers to every response; an HTML page
+    is held until complete (it is small) so that its inline scripts can be hashed. Refuses
+    Gradio's `/file=<URL>` fetching proxy: the page never needs it."""
 
     async def add_headers(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
+        if "/file=" in scope["path"] and "://" in scope["path"]:
+            refusal = JSONResponse({"detail": "Only this demo's own files are served."}, 403)
+            return await refusal(scope, receive, send)
+        held: dict[str, Any] | None = None  # the start of an HTML page, sent with its body
+        body: list[bytes] = []
 
         async def with_headers(message: dict[str, Any]) -> None:
+            nonlocal held
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                message = {**message, "headers": headers}
-            await send(message)
+                if _is_html(message):
+                    held = message
+                    return
+                return await send(_with_policy(message, content_security_policy()))
+            if held is None:
+                return await send(message)
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            page = b"".join(body)
+            start = _with_policy(held, content_security_policy(page))
+            start["headers"] = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            start["headers"].append((b"content-length", str(len(page)).encode()))
+            await send(start)
+            await send({"type": "http.response.body", "body": page})
 
         await app(scope, receive, with_headers)
 
     return add_headers
+
+
+def _is_html(start: dict[str, Any]) -> bool:
+    return any(
+        k.lower() == b"content-type" and v.startswith(b"text/html")
+        for k, v in start.get("headers", [])
+    )
+
+
+def _with_policy(start: dict[str, Any], policy: str) -> dict[str, Any]:
+    headers = [(k.lower(), v) for k, v in start.get("headers", [])]
+    headers.append((b"content-security-policy", policy.encode()))
+    headers.append((b"x-content-type-options", b"nosniff"))
+    return {**start, "headers": headers}
 
 
 # --- /health ----------------------------------------------------------------------------------

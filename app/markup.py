@@ -5,7 +5,8 @@ styles that cover the page, forms, outside images, SVG links). So, for display o
 - a user's text is shown as typed: HTML-escaped inside `<pre class="user-text">` (Markdown and
   LaTeX leave a <pre> alone; CSS keeps its line breaks and font);
 - a model's (or a notice's) text keeps its Markdown, code, tables and LaTeX, but `&` and `<`
-  outside code are written as entities, so no HTML tag survives.
+  outside code are written as entities, so no HTML tag survives, and `![` too, so no Markdown
+  image loads anything (the text shows as written).
 Both transforms are exactly reversed (`typed_user_text`, `model_text`) for what the browser
 sends back, so the history, edits, exports and prompts hold what was typed or generated.
 The page's Content-Security-Policy (`app.hosting`) and CSS containment of the bubbles
@@ -22,7 +23,8 @@ USER_TEXT_OPEN = '<pre class="user-text">'
 USER_TEXT_CLOSE = "</pre>"
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
 _CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.DOTALL)
-_ENTITY = re.compile(r"&(amp|lt);")
+_ENTITY = re.compile(r"&(amp|lt|#91);")
+_ENTITIES = {"amp": "&", "lt": "<", "#91": "["}
 
 # The edit box of a user message shows what the browser holds: the escaped <pre>. This head
 # script turns it back into the typed text when the box opens (DOMParser parses inertly).
@@ -51,13 +53,16 @@ def typed_user_text(shown: str) -> str:
 
 
 def inert_markdown(text: str) -> str:
-    """Model Markdown that renders its formatting but no HTML: & and < outside code as entities."""
-    return _outside_code(text, lambda s: s.replace("&", "&amp;").replace("<", "&lt;"))
+    """Model Markdown that renders its formatting but no HTML and no image: `&`, `<` and the
+    `[` of `![` outside code as entities."""
+    return _outside_code(
+        text, lambda s: s.replace("&", "&amp;").replace("<", "&lt;").replace("![", "!&#91;")
+    )
 
 
 def model_text(shown: str) -> str:
     """The model's text, from what the chat showed (the reverse of `inert_markdown`)."""
-    return _outside_code(shown, lambda s: _ENTITY.sub(lambda m: "&" if m[1] == "amp" else "<", s))
+    return _outside_code(shown, lambda s: _ENTITY.sub(lambda m: _ENTITIES[m[1]], s))
 
 
 def _outside_code(text: str, change: Callable[[str], str]) -> str:

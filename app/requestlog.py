@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import secrets
 from dataclasses import asdict, dataclass
 
@@ -95,3 +96,9 @@ def format_line(entry: RequestLog) -> str:
         if isinstance(value, float):
             fields[name] = round(value, 1 if name == "tokens_per_s" else 3)
     return json.dumps(fields, ensure_ascii=False)
+
+
+def log_refusal(event: str) -> None:
+    """The log line of a request refused before any chat code ran (the trust rule)."""
+    entry = asdict(RequestLog(session="-", outcome="rejected")) | {"event": event}
+    logging.getLogger(LOGGER).info(json.dumps({k: v for k, v in entry.items() if v is not None}))

@@ -248,7 +248,8 @@ def _check_member(info: zipfile.ZipInfo, limit: int) -> None:
         raise TranscriptError(f"{shown} in the conversation file is encrypted.")
     if info.file_size > limit:
         raise TranscriptError(
-            f"{shown} is {info.file_size / 2**20:.1f} MB; at most {limit / 2**20:.0f} MB."
+            f"{shown} in the conversation file is {info.file_size / 2**20:.1f} MB; each file "
+            f"may be at most {limit / 2**20:.0f} MB (--max-upload-mb)."
         )
     if info.file_size > _COPY_CHUNK and info.file_size > MAX_RATIO * max(info.compress_size, 1):
         raise TranscriptError(

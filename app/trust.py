@@ -92,6 +92,10 @@ def check_client_value(value: object, depth: int = 0) -> None:
                     "fetched). Attach the file itself."
                 )
             trusted_file(path)
+        files = value.get("files")
+        for item in files if isinstance(files, list) else []:  # a message's plain paths
+            if isinstance(item, str):
+                trusted_file(item)
         for item in value.values():
             check_client_value(item, depth + 1)
     elif isinstance(value, list):

@@ -28,16 +28,17 @@ from typing import Any
 import gradio as gr
 
 from app import components
-from app.admission import Admission, Caller
+from app.admission import Abandoned, Admission, Caller
 from app.chat import ChatMessages, answer, respond
 from app.config import Settings
 from app.engine import Engine
 from app.errors import UserFacingError
 from app.hosting import StreamTracker, client_of
 from app.i18n import TRANSLATIONS, key
-from app.markup import EDIT_BOX_SCRIPT
+from app.markup import EDIT_BOX_SCRIPT, typed_user_text
 from app.messages import user_turn_messages
 from app.options import FIELDS, NAMES, Field, defaults
+from app.requestlog import log_refusal
 from app.scratch import new_folder
 from app.transcript import export_transcript, import_transcript
 from app.trust import ASSETS, check_client_value
@@ -67,6 +68,12 @@ CSS = """
   #chat-area .row > .column:first-child > .block { max-height: 7.5rem; overflow-y: auto; }
 }
 """
+
+
+def refusal(exc: UserFacingError) -> gr.Error:
+    """The client's error for a refused request: its message, no traceback in the server log
+    (refusals are expected, and cheap to send: they must not fill the log)."""
+    return gr.Error(str(exc), print_exception=False)
 
 
 def t(name: str) -> gr.i18n.I18nData:
@@ -111,7 +118,8 @@ class Page(gr.Blocks):
                 for value in inputs:
                     check_client_value(value)
             except UserFacingError as exc:
-                raise gr.Error(str(exc)) from None
+                log_refusal(getattr(block_fn, "name", "?"))
+                raise refusal(exc) from None
         return await super().preprocess_data(block_fn, inputs, state, explicit_call)
 
 
@@ -128,6 +136,14 @@ class ChatInterface(gr.ChatInterface):
         if role == "user" and isinstance(message, dict) and "content" not in message:
             message = user_turn_messages(message)
         return super()._message_as_message_dict(message, role)
+
+    def _edit_message(self, history: list, edit_data: gr.EditData) -> Any:
+        """The edit box's text comes straight from the event, not through the Chatbot's
+        preprocess: read it as typed here too (the page may hold the displayed form)."""
+        value = edit_data.value
+        if isinstance(value, str):
+            edit_data.value = typed_user_text(value)
+        return super()._edit_message(history, edit_data)
 
 
 def setting_component(spec: Field, value: Any, settings: Settings) -> gr.Component:
@@ -207,7 +223,7 @@ def import_conversation(path: str | None, settings: Settings) -> tuple[Any, Any]
     try:
         imported = import_transcript(path, new_folder("conversations") / "imported", limit)
     except UserFacingError as exc:
-        raise gr.Error(str(exc)) from None
+        raise refusal(exc) from None
     return imported, None
 
 
@@ -294,7 +310,9 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
                 admission=admission,
             )
         except UserFacingError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refusal(exc) from None
+        except Abandoned:
+            return  # nobody reads this answer: there is no one to tell
 
     def chat_api(*args: Any) -> Iterator[str]:
         """Streams the growing answer to `message` after `history` (the chatbot's format)."""

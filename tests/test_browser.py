@@ -132,6 +132,28 @@ def ask_the_grounding_example(page) -> bytes:
     return page.request.get(drawn.get_attribute("src")).body()
 
 
+def test_chat_details_give_the_boxes_in_the_original_pixels_and_the_drawing(scripted_app):
+    """/chat_details: the grounding as data (the scripted answer's boxes in park.png's 448x336
+    pixels) and the drawn image, through gradio_client."""
+    url, _ = scripted_app
+    park = Path(__file__).resolve().parent.parent / "assets" / "examples" / "park.png"
+    message = {"text": GROUNDING_EXAMPLE, "files": [handle_file(park)]}
+    details, drawing = Client(url, verbose=False).predict(message, api_name="/chat_details")
+    assert details["done"] and details["text"] == "The **cat** watches the **ball**."
+    assert details["grounding"] == {
+        "image": 1,
+        "name": "park.png",
+        "size": [448, 336],
+        "boxes": [
+            {"label": "cat", "bbox": [45, 67, 224, 269]},
+            {"label": "ball", "bbox": [287, 202, 385, 289]},
+        ],
+    }
+    assert "<|box_start|>" in details["raw"]
+    assert Image.open(drawing).getpixel((round(0.1 * DRAWING_MIN_SIDE * 448 / 336) + 1,
+                                         DRAWING_MIN_SIDE // 2)) == PALETTE[0]  # fmt: skip
+
+
 def test_dark_theme(scripted_app):
     url, _ = scripted_app
     with browser_page(f"{url}?__theme=dark", viewport={"width": 1280, "height": 1400}) as page:

@@ -411,3 +411,12 @@ def test_draw_boxes_with_no_boxes_is_an_equal_copy() -> None:
     image = Image.new("RGB", (30, 20), (1, 2, 3))
     drawn = draw_boxes(image, [])
     assert drawn is not image and drawn.tobytes() == image.tobytes()
+
+
+def test_deeply_nested_json_in_an_answer_never_raises():
+    deep = "[" * 5000 + '{"bbox_2d": [100, 200, 300, 400]}' + "]" * 5000
+    [box] = parse_boxes(deep, "qwen3_vl")  # json.loads of the whole would hit RecursionError
+    assert (box.x1, box.y2) == (0.1, 0.4)
+    nested = '{"a": ' * 3000 + "1" + "}" * 3000  # valid JSON, too deep for json.loads
+    assert parse_boxes(nested, "qwen3_vl") == []
+    assert display_text(nested) == nested

@@ -184,7 +184,7 @@ def test_a_zip_bomb_stops_at_the_size_limit(tmp_path):
     message = {"role": "user", "content": [{"type": "file", "file": {"path": "media/big.bin"}}]}
     files = {TRANSCRIPT_NAME: transcript(message), "media/big.bin": b"\0" * 3_000_000}
     path = write_zip(tmp_path / "bomb.zip", files)
-    with pytest.raises(TranscriptError, match="at most 1 MB|expands more than"):
+    with pytest.raises(TranscriptError, match="may be at most 1 MB|expands more than"):
         import_transcript(path, tmp_path / "out", max_bytes=1_000_000)
     assert not (tmp_path / "out").exists()
 
@@ -231,7 +231,10 @@ def test_a_compression_bomb_is_refused_before_anything_is_written(tmp_path):
         archive.writestr(TRANSCRIPT_NAME, transcript(file_message("media/a.png")))
         archive.writestr("media/a.png", b"\0" * 50_000_000)
     assert path.stat().st_size < 10_000
-    with pytest.raises(TranscriptError, match="a.png is 47.7 MB; at most 1 MB"):
+    with pytest.raises(
+        TranscriptError,
+        match="a.png in the conversation file is 47.7 MB; each file may be at most 1 MB",
+    ):
         import_transcript(path, tmp_path / "out", max_bytes=1_000_000)
     with pytest.raises(TranscriptError, match="expands more than 100 times"):
         import_transcript(path, tmp_path / "out")

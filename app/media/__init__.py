@@ -75,7 +75,7 @@ __all__ = [
     "sniff_kind",
 ]
 
-DECODED_CACHE_BYTES = 512 * 1024 * 1024  # decoded pixels kept for the next turns, all clients
+DECODED_CACHE_BYTES = 256 * 1024 * 1024  # decoded pixels kept for the next turns, all clients
 HEADER_CACHE_ENTRIES = 512  # files whose header facts are kept (a few KB each)
 DECODE_SLOTS = 2  # decodes at once: more would only share the CPU and add up their memory
 _HASH_CHUNK = 1024 * 1024
