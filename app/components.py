@@ -13,24 +13,25 @@ a component subclass (git-ignored).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gradio as gr
 
 from app.markup import inert_markdown, model_text, shown_user_text, typed_user_text
 
-_SHOW = {"user": shown_user_text, "assistant": inert_markdown}
-_READ = {"user": typed_user_text, "assistant": model_text}
+_SHOW: Mapping[str, Callable[[str], str]] = {"user": shown_user_text, "assistant": inert_markdown}
+_READ: Mapping[str, Callable[[str], str]] = {"user": typed_user_text, "assistant": model_text}
 
 
-def _map_texts(messages: Any, functions: dict[str, Callable[[str], str]]) -> Any:
+def _map_texts(messages: Any, functions: Mapping[str, Callable[[str], str]]) -> Any:
     """The messages with each text part changed by its role's function (other parts kept)."""
     if not isinstance(messages, list):
         return messages
     mapped = []
     for message in messages:
-        change = functions.get(message.get("role")) if isinstance(message, dict) else None
+        role = message.get("role") if isinstance(message, dict) else None
+        change = functions.get(role) if isinstance(role, str) else None
         if change is None:
             mapped.append(message)
             continue

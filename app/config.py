@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_CKPT_PATH = "Qwen/Qwen2-VL-7B-Instruct"
 # How --backend openai sends a video: its frames as images (any server), or one video (vLLM).
@@ -189,7 +190,8 @@ def _env_default(f: dataclasses.Field, environ: Mapping[str, str]):
     raw = environ.get(env_name(f.name))
     if raw is None:
         return f.default
-    convert = {"bool": _parse_bool, "int": int, "float": float}.get(f.type, str)
+    converters: dict[str, Callable[[str], Any]] = {"bool": _parse_bool, "int": int, "float": float}
+    convert = converters.get(str(f.type), str)
     try:
         return convert(raw)
     except ValueError as exc:
@@ -204,12 +206,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     for f in dataclasses.fields(Settings):
         meta = f.metadata
         default = _env_default(f, environ)
-        kwargs = {"dest": f.name, "default": default}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default}
         helptext = f"{meta['help']} [env {env_name(f.name)}]"
         if f.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = {"int": int, "float": float}.get(f.type, str)
+            kwargs["type"] = {"int": int, "float": float}.get(str(f.type), str)
         parser.add_argument(*meta["names"], help=helptext, **kwargs)
     return parser
 

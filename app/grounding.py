@@ -62,8 +62,11 @@ class Box:
 class Picture(Protocol):
     """What grounding needs of an image in the conversation (an `app.media.Media`)."""
 
-    name: str
-    header: Any  # .width, .height: the original size, EXIF orientation applied
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def header(self) -> Any: ...  # .width, .height: the original size, EXIF orientation applied
 
     @property
     def fed_size(self) -> tuple[int, int]: ...
@@ -194,7 +197,8 @@ def _parse_markers(text: str) -> list[Box]:
         elif name == "object_ref_start":
             ref, box, label = [], None, None
         elif name == "object_ref_end" and ref is not None:
-            ref, label = None, "".join(ref).strip()
+            label = "".join(ref).strip()
+            ref = None
         elif name == "box_start":
             ref, box = None, []
         elif name == "box_end" and box is not None:

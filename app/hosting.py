@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -63,9 +63,10 @@ def content_security_policy(page: bytes = b"") -> str:
     return "; ".join(POLICY).replace("{script_hashes}", hashes).replace(" ;", ";")
 
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -201,7 +202,7 @@ class LoginThrottle:
                 return await response(scope, receive, send)
             status: list[int] = []
 
-            async def watch(message: dict[str, Any]) -> None:
+            async def watch(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     status.append(message["status"])
                 await send(message)
@@ -231,10 +232,10 @@ def security_headers(app: ASGIApp) -> ASGIApp:
         if "/file=" in scope["path"] and "://" in scope["path"]:
             refusal = JSONResponse({"detail": "Only this demo's own files are served."}, 403)
             return await refusal(scope, receive, send)
-        held: dict[str, Any] | None = None  # the start of an HTML page, sent with its body
+        held: Message | None = None  # the start of an HTML page, sent with its body
         body: list[bytes] = []
 
-        async def with_headers(message: dict[str, Any]) -> None:
+        async def with_headers(message: Message) -> None:
             nonlocal held
             if message["type"] == "http.response.start":
                 if _is_html(message):
@@ -258,14 +259,14 @@ def security_headers(app: ASGIApp) -> ASGIApp:
     return add_headers
 
 
-def _is_html(start: dict[str, Any]) -> bool:
+def _is_html(start: Message) -> bool:
     return any(
         k.lower() == b"content-type" and v.startswith(b"text/html")
         for k, v in start.get("headers", [])
     )
 
 
-def _with_policy(start: dict[str, Any], policy: str) -> dict[str, Any]:
+def _with_policy(start: Message, policy: str) -> Message:
     headers = [(k.lower(), v) for k, v in start.get("headers", [])]
     headers.append((b"content-security-policy", policy.encode()))
     headers.append((b"x-content-type-options", b"nosniff"))

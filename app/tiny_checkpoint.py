@@ -181,7 +181,7 @@ def build_tokenizer() -> Any:
     )
     raw.train_from_iterator(_corpus(), trainer)
     model_json = json.loads(raw.to_str())["model"]
-    merges = [tuple(pair) for pair in model_json["merges"]]
+    merges: Any = [tuple(pair) for pair in model_json["merges"]]  # pairs, as the BPE wants
     # Built with <|endoftext|> as eos so it gets the first added id, as in the real tokenizer.
     tokenizer = Qwen2Tokenizer(vocab=model_json["vocab"], merges=merges)
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})

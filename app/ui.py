@@ -76,8 +76,9 @@ def refusal(exc: UserFacingError) -> gr.Error:
     return gr.Error(str(exc), print_exception=False)
 
 
-def t(name: str) -> gr.i18n.I18nData:
-    """A translated label (the browser's language picks EN or ZH)."""
+def t(name: str) -> Any:
+    """A translated label (the browser's language picks EN or ZH). An I18nData, which Gradio's
+    components take wherever they take text, though their type hints say str."""
     return gr.i18n.I18nData(key(name))
 
 
@@ -94,7 +95,7 @@ class Page(gr.Blocks):
         self.streams = StreamTracker()  # whose answer streams are read (web_demo_mm.serve)
 
     def launch(self, *args: Any, **kwargs: Any) -> Any:
-        look = {
+        look: dict[str, Any] = {
             "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="indigo"),
             "css": CSS,
             "i18n": gr.I18n(**TRANSLATIONS),
@@ -325,7 +326,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         for update in api_answer(args):
             yield update.details(), update.drawing
 
-    def show_status() -> tuple[str, dict, gr.Timer]:
+    def show_status() -> tuple[Any, gr.MultimodalTextbox, gr.Timer]:
         status = engine.status()
         ready = status.state == "ready"
         textbox = gr.MultimodalTextbox(
@@ -388,12 +389,13 @@ def render_chat(fn: Any, inputs: list[gr.Component]) -> gr.ChatInterface:
         render=False,
     )
     example_messages, example_labels = examples()
+    settings: list[str | gr.Component] = [*inputs]
     return ChatInterface(
         fn,
         multimodal=True,
         chatbot=chatbot,
         textbox=textbox,
-        additional_inputs=inputs,
+        additional_inputs=settings,
         examples=example_messages,
         example_labels=example_labels,
         cache_examples=False,  # on Spaces the default would run the model at start-up

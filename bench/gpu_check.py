@@ -15,31 +15,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoModelForImageTextToText  # noqa: E402
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
 
-from app.config import Settings  # noqa: E402
-from app.engine import ChatRequest, GenerationOptions  # noqa: E402
-from app.engine.local import LocalEngine  # noqa: E402
-from app.media import MediaLimits, prepare  # noqa: E402
-from app.scratch import new_folder  # noqa: E402
-from app.tiny_checkpoint import (  # noqa: E402
+from app.config import Settings
+from app.engine import ChatRequest, GenerationOptions
+from app.engine.local import LocalEngine
+from app.media import MediaLimits, prepare
+from app.scratch import new_folder
+from app.tiny_checkpoint import (
     build_config,
     build_generation_config,
     build_processor,
     build_tokenizer,
 )
-from bench.overhead import _Clock  # noqa: E402
+from bench.overhead import _Clock
+
+ROOT = Path(__file__).resolve().parent.parent
 
 REAL_VOCAB = 151936  # Qwen2-VL's embedding rows: the lm_head is a real share of decode work
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -22,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import psutil
+from gradio_client import Client, handle_file
+from PIL import Image, ImageDraw
+
+from app.tiny_checkpoint import build_tiny_checkpoint
+from bench.overhead import free_port, start_app
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
-from bench.overhead import free_port, start_app  # noqa: E402
 
 
 @dataclass

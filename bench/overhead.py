@@ -24,21 +24,21 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from gradio_client import Client, handle_file
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.generation.streamers import BaseStreamer
+
+from app.config import Settings
+from app.engine import GenerationOptions
+from app.engine.local import LocalEngine, processor_inputs
+from app.media import MediaLimits, load_media
+from app.scratch import new_folder
+from app.tiny_checkpoint import build_tiny_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
-from transformers.generation.streamers import BaseStreamer  # noqa: E402
-
-from app.config import Settings  # noqa: E402
-from app.engine import GenerationOptions  # noqa: E402
-from app.engine.local import LocalEngine, processor_inputs  # noqa: E402
-from app.media import MediaLimits, load_media  # noqa: E402
-from app.scratch import new_folder  # noqa: E402
-from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
 
 QUESTION = "Describe this image in detail."
 

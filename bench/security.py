@@ -65,17 +65,17 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx
+import psutil
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from app.tiny_checkpoint import build_tiny_checkpoint
+from bench.overhead import free_port
+from tests.media_corpus import write_video
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from app.tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
-from bench.overhead import free_port  # noqa: E402
-from tests.media_corpus import write_video  # noqa: E402
 
 BEFORE_COMMIT = "06ce843"
 GHOST_ADDRESS = "127.0.0.2"  # all of 127.0.0.0/8 reaches the loopback server

@@ -98,11 +98,10 @@ def _status_mb(field: str) -> float:
 
 
 def _ours(path: str, case: str, n: int) -> tuple:
-    sys.path.insert(0, str(ROOT))
-    from app import media
     from app.media import MediaLimits, load_media
+    from app.media.sniff import image_formats
 
-    media._image_formats()  # one-time plugin registration, like qwen-vl-utils' untimed imports
+    image_formats()  # one-time plugin registration, like qwen-vl-utils' untimed imports
 
     limits = {
         "ours_video": replace(MediaLimits(), max_frames=QWEN_MAX_FRAMES),

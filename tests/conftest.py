@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,37 @@ from app.trust import upload_folder  # noqa: E402
 CACHE = Path(
     os.environ.get("QWEN_DEMO_TEST_CACHE", Path(__file__).parent.parent / "build" / "tests")
 )
+
+
+# Fixtures that load a model, start a server or a subprocess: a test using one (directly or
+# through another fixture) is marked for it, and `make test-fast` leaves it out.
+HEAVY_FIXTURES = {
+    "tiny_checkpoint": "model",
+    "tiny_checkpoint_25": "model",
+    "loaded": "model",  # tests/test_tiny_checkpoint.py: each family's model, loaded
+    "app": "server",
+    "served": "server",
+    "run_python": "subprocess",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & HEAVY_FIXTURES.keys():
+            item.add_marker(HEAVY_FIXTURES[fixture])
+
+
+@pytest.fixture
+def run_python():
+    """Runs `python args...` from the project's root; the completed process (checked)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        command = [sys.executable, *args]
+        return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=timeout,
+                              check=True)  # fmt: skip
+
+    return run
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -63,14 +61,8 @@ def test_a_bad_environment_value_is_a_short_message():
         parse_args([], environ={"QWEN_DEMO_SERVER_PORT": "eighty"})
 
 
-def test_help_lists_flags_with_their_variables():
-    result = subprocess.run(
-        [sys.executable, "web_demo_mm.py", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=README.parent,
-        check=True,
-    )
+def test_help_lists_flags_with_their_variables(run_python):
+    result = run_python("web_demo_mm.py", "--help")
     assert "--checkpoint-path" in result.stdout and "QWEN_DEMO_CHECKPOINT_PATH" in result.stdout
 
 
@@ -79,3 +71,20 @@ def test_readme_table_lists_every_flag_and_variable():
     for field in dataclasses.fields(Settings):
         assert field.metadata["names"][-1] in readme, field.name
         assert f"`{env_name(field.name)}`" in readme, field.name
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """The requirement lines of a requirements file (comments, blanks and -r includes left out)."""
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("-r")]
+
+
+def test_the_requirements_files_say_what_pyproject_says():
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert requirement_lines(root / "requirements_web_demo.txt") == project["dependencies"]
+    dev = requirement_lines(root / "requirements_dev.txt")
+    assert dev == project["optional-dependencies"]["dev"]
+    assert (root / "requirements.txt").read_text().split() == ["-r", "requirements_web_demo.txt"]

@@ -387,7 +387,6 @@ def ask(max_new_tokens: int = 8, **options) -> ChatRequest:
     )
 
 
-@pytest.mark.server
 def test_streams_an_answer_about_an_image(served, tiny_checkpoint):
     engine = OpenAIEngine(served)  # no model given: the first one the server lists
     assert engine.status().state == "ready"
@@ -398,7 +397,6 @@ def test_streams_an_answer_about_an_image(served, tiny_checkpoint):
     engine.close()
 
 
-@pytest.mark.server
 def test_stop_returns_at_once_and_the_server_answers_again(served):
     engine = OpenAIEngine(served)
     deltas = engine.stream(ask(max_new_tokens=2000))
@@ -412,7 +410,6 @@ def test_stop_returns_at_once_and_the_server_answers_again(served):
     engine.close()
 
 
-@pytest.mark.server
 def test_fields_the_server_rejects_are_left_out(served, caplog):
     engine = OpenAIEngine(served)
     request = ask(max_new_tokens=4, temperature=0.7, top_k=5, repetition_penalty=1.1, seed=1)
@@ -423,7 +420,6 @@ def test_fields_the_server_rejects_are_left_out(served, caplog):
     engine.close()
 
 
-@pytest.mark.server
 def test_http_error_reaches_the_user(served):
     engine = OpenAIEngine(served, model="Qwen/No-Such-Model")
     with pytest.raises(UserFacingError, match=r"answered HTTP 400: Server is pinned to") as caught:
@@ -432,7 +428,6 @@ def test_http_error_reaches_the_user(served):
     engine.close()
 
 
-@pytest.mark.server
 def test_the_app_answers_through_the_remote_backend(served, tmp_path):
     """web_demo_mm --backend openai: the /chat API and /health, end to end."""
     from gradio_client import Client, handle_file

@@ -36,7 +36,6 @@ from app.trust import UntrustedPathError, check_client_value, trusted_file, uplo
 from tests.browser import launch_demo
 from tests.conftest import Recording, free_port
 
-pytestmark = pytest.mark.server
 SECRET = f"top-secret-{uuid.uuid4().hex}"
 FILE_DATA = {"_type": "gradio.FileData"}
 

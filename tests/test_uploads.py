@@ -28,6 +28,13 @@ from tests.media_corpus import EXPECTED, make_corpus, write_video
 
 # Answers are random text from the tiny model: one token is enough to know it was generated.
 SHORT = {"max_new_tokens": 1, "api_name": "/chat"}
+ONE_TOKEN = {"max_new_tokens": 1, "api_name": "/chat_details"}
+
+
+def one_token_generated(details: tuple[dict, str | None]) -> bool:
+    """Whether a /chat_details answer is finished with exactly one generated token."""
+    data, _ = details
+    return data["done"] and data["stats"].startswith("1 tokens")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +122,7 @@ def test_corpus_file_through_chat(name, corpus, client, app):
             client.predict(message, **SHORT)
         assert path.name in str(error.value), "the message names the file"
         return
-    assert isinstance(client.predict(message, **SHORT), str)
+    assert one_token_generated(client.predict(message, **ONE_TOKEN))
     request = request_with(app[1], f"[{name}]")
     assert [c["type"] for c in request.messages[-1]["content"]] == [expected, "text"]
     check_model_ready(decoded(request)[-1], expected)
@@ -123,9 +130,9 @@ def test_corpus_file_through_chat(name, corpus, client, app):
 
 def test_the_server_still_answers_after_the_corpus(client, corpus):
     answer = client.predict(
-        {"text": "Still there?", "files": [handle_file(corpus["tiny_mp4"])]}, **SHORT
+        {"text": "Still there?", "files": [handle_file(corpus["tiny_mp4"])]}, **ONE_TOKEN
     )
-    assert isinstance(answer, str)
+    assert one_token_generated(answer)
 
 
 def file_part(path: Path) -> dict:
@@ -237,14 +244,14 @@ def test_preparing_a_big_video_does_not_hold_up_another_session(app, client, mon
         return decode(media)
 
     monkeypatch.setattr(media_module, "_decode", held_decode)
-    big = client.submit({"text": "[big] What?", "files": [handle_file(video)]}, **SHORT)
+    big = client.submit({"text": "[big] What?", "files": [handle_file(video)]}, **ONE_TOKEN)
     try:
         assert preparing.wait(timeout=30), "the big video is being prepared"
         other = Client(app[0], verbose=False)  # another user (session)
-        small = other.submit({"text": "[small] Hi", "files": []}, **SHORT)
-        assert isinstance(small.result(timeout=20), str), "served while the video is prepared"
+        small = other.submit({"text": "[small] Hi", "files": []}, **ONE_TOKEN)
+        assert one_token_generated(small.result(timeout=20)), "served while it is prepared"
         assert not big.done()
     finally:
         release.set()
-    assert isinstance(big.result(timeout=60), str)
+    assert one_token_generated(big.result(timeout=60))
     check_model_ready(decoded(request_with(app[1], "[big]"))[-1], "video")

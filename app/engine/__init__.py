@@ -120,7 +120,7 @@ def create_engine(settings: Settings) -> Engine:
             settings.api_key or None,
             settings.model or None,
             settings.api_timeout,
-            settings.api_video_format,
+            settings.api_video_format,  # type: ignore[arg-type]  # the flag's choices
         )
     from app.engine.zerogpu import ZeroGPUEngine, on_zero_gpu
 

@@ -26,7 +26,9 @@ class Row(Protocol):
 
     streamer: Any
     stop: Any
-    max_new_tokens: int
+
+    @property
+    def max_new_tokens(self) -> int: ...
 
 
 def collate(inputs: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -38,7 +40,8 @@ def collate(inputs: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, An
     for key in dict.fromkeys(k for item in inputs for k in item):
         present = [item[key] for item in inputs if key in item]
         if key in SEQUENCE_KEYS:
-            fill = pad_token_id if SEQUENCE_KEYS[key] is None else SEQUENCE_KEYS[key]
+            fill = SEQUENCE_KEYS[key]
+            fill = pad_token_id if fill is None else fill
             batch[key] = torch.cat([_left_pad(t, length, fill) for t in present])
         elif isinstance(present[0], torch.Tensor):
             batch[key] = torch.cat(present)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -85,15 +85,15 @@ def special_tokens(tokenizer: Any) -> tuple[str, ...]:
 class LocalEngine:
     """Qwen-VL models through transformers, loaded in the background."""
 
-    zero_gpu = False  # load for Spaces ZeroGPU (see app.engine.zerogpu)
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config = check_checkpoint(settings.checkpoint_path)
         self.family: Family = family_of(self.config.model_type)
         self.geometry: Geometry = QWEN2_VL
         self.template_tokens: Sequence[str] = TEMPLATE_TOKENS
-        self.generation_defaults = generation_defaults(checkpoint_generation_config(settings))
+        self.generation_defaults: Mapping[str, float] = generation_defaults(
+            checkpoint_generation_config(settings)
+        )
         self._status = EngineStatus("loading", f"Loading {settings.model_name}…")
         self.processor: Any = None
         self.model: Any = None
@@ -109,9 +109,13 @@ class LocalEngine:
     def status(self) -> EngineStatus:
         return self._status
 
+    def zero_gpu(self) -> bool:
+        """Whether to load for Spaces ZeroGPU (app.engine.zerogpu): never here."""
+        return False
+
     def _load(self) -> None:
         try:
-            self.model, self.processor = load_model(self.settings, self.zero_gpu)
+            self.model, self.processor = load_model(self.settings, self.zero_gpu())
             self.geometry = processor_geometry(self.processor)
             self.template_tokens = special_tokens(self.processor.tokenizer)
             self._serve()

@@ -48,7 +48,7 @@ class CountingStreamer(TextIteratorStreamer):
             return
         self.tokens += value.numel()
         self.token_cache.extend(value.flatten().tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
         if text.endswith("\ufffd"):  # half a UTF-8 character: wait for its other bytes
             return
         printable, self.print_len = text[self.print_len :], len(text)
@@ -110,6 +110,7 @@ class ModelWorker:
         self._pending: list[Job] = []
         self._ready = threading.Condition()
         self.batch_sizes: Counter[int] = Counter()  # how often each batch size ran
+        self.steps = 0  # decoding steps of every batch that ended (one token per row each)
         self._batch_seconds: float | None = None  # moving average of a batch's duration
         threading.Thread(target=self._run, name="model-worker", daemon=True).start()
 
@@ -158,6 +159,7 @@ class ModelWorker:
         started = time.monotonic()
         try:
             generate_batch(self.model, batch, streamer, self.pad_token_id)
+            self.steps += streamer.generated
             seconds = time.monotonic() - started
             previous = self._batch_seconds
             self._batch_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
@@ -202,7 +204,7 @@ def read_job(job: Job, worker: ModelWorker | None = None) -> Iterator[Delta]:
             text = next(job.streamer)
         except queue.Empty:
             place = worker.position(job) if worker else None
-            wait = worker.wait_estimate(place) if place else None
+            wait = worker.wait_estimate(place) if worker and place else None
             yield Delta(queue_position=place, wait_seconds=wait)
             continue
         except StopIteration:

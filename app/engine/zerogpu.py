@@ -35,6 +35,7 @@ def on_zero_gpu(environ: Mapping[str, str] = os.environ) -> bool:
 
 def gpu_stream(inputs: dict[str, Any], options: GenerationOptions) -> Iterator[Delta]:
     """The answer to encoded inputs; runs where the GPU is (ZeroGPU's forked process)."""
+    assert _LOADED is not None, "the model is loaded (ZeroGPUEngine._serve) before any call"
     model, tokenizer, pad_token_id, eos = _LOADED
     job = Job(inputs, options, CountingStreamer(tokenizer))
     thread = threading.Thread(
@@ -62,7 +63,6 @@ class ZeroGPUEngine(LocalEngine):
     ZeroGPU queues and shares the GPU itself, so there is no worker thread and no batching.
     """
 
-    @property
     def zero_gpu(self) -> bool:  # off ZeroGPU (tests, a plain GPU box): LocalEngine's placement
         return on_zero_gpu()
 

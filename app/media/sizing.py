@@ -132,7 +132,7 @@ def frame_count(
     lo = math.ceil(limits.min_frames / group) * group
     hi = limits.max_frames // group * group
     wanted = Fraction(duration) * Fraction(limits.video_fps)
-    n = min(max(wanted, lo), hi, total)
+    n: Fraction | int = min(max(wanted, Fraction(lo)), Fraction(hi), Fraction(total))
     return max(group, math.floor(n / group) * group)
 
 

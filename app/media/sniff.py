@@ -132,7 +132,7 @@ def open_image(path: Path, name: str) -> Image.Image | None:
     try:
         return Image.open(path, formats=image_formats())
     except Image.DecompressionBombError as exc:
-        detail = f"over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+        detail = f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels"
         raise too_large(name, detail, None) from exc
     except Exception:  # unidentified, or a header broken enough to fail: try other readers
         return None

@@ -106,7 +106,7 @@ def animation_header(im: Image.Image, name: str, limits: MediaLimits) -> VideoHe
     (seeking to a frame decodes every frame before it, on the whole canvas)."""
     if im.width * im.height > limits.max_image_pixels:
         raise too_large(name, f"{im.width}x{im.height} pixels", limits.max_image_pixels)
-    total = im.n_frames
+    total = getattr(im, "n_frames", 1)
     if im.width * im.height * total > limits.max_animation_pixels:
         raise UserFacingError(
             f"'{name}' is too large an animation ({im.width}x{im.height} pixels, {total} "
@@ -129,7 +129,8 @@ def container_header(path: Path, name: str, limits: MediaLimits) -> VideoHeader:
         stream = video_stream(container, name, limits)
         pts, keys = _scan(container, stream, name, limits)
         total = len(pts)
-        span = Fraction(pts[-1] - pts[0]) * stream.time_base
+        time_base = _time_base(stream)
+        span = Fraction(pts[-1] - pts[0]) * time_base
         rate = stream.average_rate or stream.guessed_rate
         if not rate or not 0 < rate < 1000:  # missing or absurd metadata: trust the timestamps
             rate = Fraction(total - 1) / span if span > 0 else Fraction(1)
@@ -142,8 +143,13 @@ def container_header(path: Path, name: str, limits: MediaLimits) -> VideoHeader:
             float(duration),
             pts=pts,
             keys=keys,
-            time_base=Fraction(stream.time_base),
+            time_base=time_base,
         )
+
+
+def _time_base(stream: av.video.stream.VideoStream) -> Fraction:
+    """The stream's time base (FFmpeg always sets one for a stream it demuxes)."""
+    return Fraction(stream.time_base) if stream.time_base else Fraction(1, 90_000)
 
 
 def video_stream(
@@ -161,7 +167,7 @@ def video_stream(
             f"{limits.max_video_frame_pixels / 1e6:.0f} megapixels."
         )
     if stream.duration and stream.time_base:
-        check_duration(float(stream.duration * stream.time_base), name, limits)
+        check_duration(float(stream.duration * _time_base(stream)), name, limits)
     elif container.duration:
         check_duration(container.duration / av.time_base, name, limits)
     # Frame threads each hold frames in flight: many for small frames, few for huge ones.
@@ -209,13 +215,14 @@ def _scan(
 ) -> tuple[array, array]:
     """Every frame's timestamp and the keyframes', sorted, by demuxing the whole stream."""
     pts, keys = array("q"), array("q")
-    longest = limits.max_video_seconds / stream.time_base
+    time_base = _time_base(stream)
+    longest = limits.max_video_seconds / time_base
     for packet in _packets(container, stream):
         ts = packet.pts if packet.pts is not None else packet.dts
         if ts is None or packet.size == 0:
             continue
         if pts and ts - pts[0] > longest:  # the header did not say, or said less
-            check_duration(float((ts - pts[0]) * stream.time_base), name, limits)
+            check_duration(float((ts - pts[0]) * time_base), name, limits)
         pts.append(ts)
         if len(pts) > limits.max_video_frames:
             raise UserFacingError(
@@ -328,14 +335,15 @@ def _decode(packet: av.Packet) -> list[av.VideoFrame]:
 
 def _frames(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, budget: _Budget
-) -> Iterator[av.VideoFrame]:
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(timestamp, frame) of each decoded frame that has a timestamp."""
     for packet in _packets(container, stream):
         for frame in _decode(packet):
             budget.spent += frame.width * frame.height
             if budget.spent > budget.limit and not budget.coarse:
                 raise _BudgetSpent
             if frame.pts is not None:
-                yield frame
+                yield frame.pts, frame
 
 
 def _sample(
@@ -354,7 +362,7 @@ def _sample(
     sampled; a sequential pass (no seeking) just stops, and the last frame is repeated.
     """
     sampled: list[tuple[Image.Image, int]] = []
-    frames: Iterator[av.VideoFrame] = _frames(container, stream, budget) if not seek else iter(())
+    frames = _frames(container, stream, budget) if not seek else iter(())
     cursor: float = -math.inf
     transpose: Image.Transpose | None = None
     for target in targets:
@@ -367,26 +375,29 @@ def _sample(
                 container.seek(key, stream=stream, backward=True)
                 frames = _checked_after_seek(_frames(container, stream, budget), target)
             wanted = key if budget.coarse else target
-            frame = next((f for f in frames if f.pts >= wanted), None)
+            found = next((f for f in frames if f[0] >= wanted), None)
         except _BudgetSpent:
             if not seek:
                 break
             budget.coarse = True
             container.seek(key, stream=stream, backward=True)
-            frame = next((f for f in _frames(container, stream, budget) if f.pts >= key), None)
-        if frame is None:
+            found = next((f for f in _frames(container, stream, budget) if f[0] >= key), None)
+        if found is None:
             break
+        pts, frame = found
         if not sampled:
             transpose = _ROTATION.get(round((frame.rotation or 0) / 90) * 90 % 360)
-        sampled.append((_to_image(frame, plan.size, transpose), frame.pts))
-        cursor = frame.pts
+        sampled.append((_to_image(frame, plan.size, transpose), pts))
+        cursor = pts
     return sampled
 
 
-def _checked_after_seek(frames: Iterator[av.VideoFrame], target: int) -> Iterator[av.VideoFrame]:
+def _checked_after_seek(
+    frames: Iterator[tuple[int, av.VideoFrame]], target: int
+) -> Iterator[tuple[int, av.VideoFrame]]:
     """Frames after a seek, raising _SeekFailed if the first one is already past the target."""
     first = next(frames, None)
-    if first is None or first.pts > target:
+    if first is None or first[0] > target:
         raise _SeekFailed
     yield first
     yield from frames
