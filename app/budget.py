@@ -10,7 +10,10 @@ header: an image of h x w pixels is (h/28)*(w/28) tokens, a video of n frames
 
 The rule: prompt tokens + the answer's max_new_tokens must fit in max_context, so the answer
 always has room, and the prompt holds at most `max_media` images and videos. Beyond either the
-oldest whole turns are left out; the system prompt and the current turn never are.
+oldest whole turns are left out; the system prompt and the current turn never are. They are left
+out in steps (`STEPS`): enough turns to free a quarter of the budget (or of `max_media`) at
+once, not one turn per new turn, so the prompt's beginning, and the conversation's kept KV cache
+of it, stay the same for several turns before the next step.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from app.errors import UserFacingError
 
 CountTokens = Callable[[str], int]
+STEPS = 4  # turns are left out to free 1/STEPS of the budget at a time
 # What the template writes around the messages: the default system prompt when none is given,
 # and the generation prompt that opens the answer.
 DEFAULT_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -112,19 +116,45 @@ def turns_to_leave_out(
     limit: int,
     media: Sequence[int] | None = None,
     max_media: int | None = None,
+    steps: int = 0,
 ) -> int | None:
     """How many of the oldest turns to leave out so that the rest fits in `limit` tokens (and
     holds at most `max_media` of the per-message `media` counts).
 
     `costs` are per message, `starts` the turns' first messages (at least one; what precedes
     the first is the system prompt, always kept). None when even the last turn does not fit.
+    With `steps`, what is left out is rounded up to a multiple of limit / steps tokens (and of
+    max_media / steps media): the same turns stay out while the conversation grows by a step.
     """
+    media = media or [0] * len(costs)
     head = fixed + sum(costs[: starts[0]])
+    over = head + sum(costs[starts[0] :]) - limit
+    over_media = sum(media[starts[0] :]) - max_media if max_media is not None else 0
+    need = _step_up(over, limit, steps)
+    need_media = _step_up(over_media, max_media or 0, steps)
+    freed = freed_media = 0
     for dropped, start in enumerate(starts):
-        fits_media = max_media is None or media is None or sum(media[start:]) <= max_media
-        if head + sum(costs[start:]) <= limit and fits_media:
+        fits = head + sum(costs[start:]) <= limit
+        fits_media = max_media is None or sum(media[start:]) <= max_media
+        if fits and fits_media and freed >= need and freed_media >= need_media:
             return dropped
-    return None
+        if dropped < len(starts) - 1:
+            end = starts[dropped + 1]
+            freed += sum(costs[start:end])
+            freed_media += sum(media[start:end])
+    last = starts[-1]  # the steps asked for more than the old turns hold: all of them go
+    fits_media = max_media is None or sum(media[last:]) <= max_media
+    return len(starts) - 1 if head + sum(costs[last:]) <= limit and fits_media else None
+
+
+def _step_up(over: int, budget: int, steps: int) -> int:
+    """What to free: `over`, rounded up to a multiple of budget / steps (0 when nothing is)."""
+    if over <= 0:
+        return 0
+    if not steps:
+        return over
+    step = max(1, budget // steps)
+    return -(-over // step) * step
 
 
 def fit(
@@ -148,6 +178,7 @@ def fit(
         max_context - max_new_tokens,
         [len(_visual_parts(m)) for m in messages],
         max_media,
+        STEPS,
     )
     if dropped is None:
         system = fixed + sum(c.total for c in costs[: starts[0]])

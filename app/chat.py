@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,12 +65,16 @@ def notice(title: str, text: str = "", done: bool = False) -> dict[str, Any]:
     return {"role": "assistant", "content": text, "metadata": metadata}
 
 
-def format_stats(tokens: int, ttft: float | None, seconds: float) -> str:
-    """The answer's statistics line; times are seconds since the request arrived."""
+def format_stats(
+    tokens: int, ttft: float | None, seconds: float, prompt: int = 0, cached: int | None = None
+) -> str:
+    """The answer's statistics line; times are seconds since the request arrived. `cached` is
+    how many of the `prompt` tokens came from the conversation's kept cache."""
+    reuse = f" · {cached} of {prompt} prompt tokens cached" if cached else ""
     if not tokens or ttft is None:
-        return f"{tokens} tokens"
+        return f"{tokens} tokens{reuse}"
     rate = tokens_per_second(tokens, ttft, seconds) or 0.0
-    return f"{tokens} tokens · first token {ttft:.2f} s · {rate:.1f} tokens/s"
+    return f"{tokens} tokens · first token {ttft:.2f} s · {rate:.1f} tokens/s{reuse}"
 
 
 def answer_text(shown: ChatMessages) -> str:
@@ -113,6 +119,48 @@ def validate_message(message: Mapping[str, Any] | str, settings: Settings) -> No
         )
 
 
+class Answers:
+    """The model's own text of recent answers, per client (a bounded LRU).
+
+    The history holds what the chat showed (grounding markers hidden, reasoning apart); the
+    next prompt gets what the model wrote, so that it sees its own boxes and the conversation's
+    kept KV cache covers the answer too. A reloaded page or an imported conversation of the
+    same client finds them; after a restart (or for another client) the shown text is sent.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._raw: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, scope: str, shown: str, raw: str) -> None:
+        if not scope or shown == raw:
+            return
+        with self._lock:
+            self._raw[(scope, shown)] = raw
+            self._raw.move_to_end((scope, shown))
+            while len(self._raw) > self.capacity:
+                self._raw.popitem(last=False)
+
+    def restore(self, scope: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages with each assistant text the model's own, where it is known."""
+        with self._lock:
+            return [
+                {**m, "content": self._raw.get((scope, m["content"]), m["content"])}
+                if m["role"] == "assistant" and isinstance(m["content"], str)
+                else m
+                for m in messages
+            ]
+
+
+@dataclass
+class Shared:
+    """What the turns of all sessions share: the fair-use counts and the answers' own text."""
+
+    admission: Admission
+    answers: Answers = field(default_factory=Answers)
+
+
 @dataclass(frozen=True)
 class Turn:
     """A request ready for the engine, and what the token budget made of the conversation."""
@@ -133,6 +181,7 @@ def build_request(
     settings: Settings,
     engine: Engine,
     client: str = "",
+    answers: Answers | None = None,
 ) -> Turn:
     """The engine request for a turn, oldest turns left out to fit --max-context.
 
@@ -143,24 +192,25 @@ def build_request(
     validate_message(message, settings)
     clean = template_token_filter(engine.template_tokens)
     messages = conversation_messages(history, message, options.system_prompt, clean)
+    if answers is not None:
+        messages = answers.restore(client, messages)
 
     def open_file(path: str) -> Media:
         return prepare(path, options.media, engine.geometry, scope=client)
 
     messages = attach_media(messages, open_file)
-    vision_id = options.add_vision_id and len(media_of(messages)) > 1  # an upper bound
     fitted = fit(
         messages,
         engine.count_tokens,
         settings.max_context,
         options.generation.max_new_tokens,
-        vision_id,
+        options.add_vision_id,
         settings.max_media,
     )
     request = ChatRequest(
         messages=fitted.messages,
         options=options.generation,
-        add_vision_id=options.add_vision_id and len(media_of(fitted.messages)) > 1,
+        add_vision_id=options.add_vision_id,
         client=client,
     )
     return Turn(request, fitted.tokens, fitted.turns_left_out)
@@ -223,12 +273,15 @@ class _Progress:
     first_token: float | None = None
     raw: str = ""
     tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens from a kept cache (None: not known)
 
     def add(self, delta: Delta, now: float) -> None:
         if self.engine_started is None:
             self.engine_started = now
         self.raw += delta.text
         self.tokens += delta.tokens
+        if delta.cached_tokens is not None:
+            self.cached_tokens = delta.cached_tokens
         if self.first_token is None and delta.tokens:
             self.first_token = now
 
@@ -244,7 +297,7 @@ def answer(
     options: ChatOptions | Mapping[str, Any],
     *,
     caller: Caller = Caller(),
-    admission: Admission | None = None,
+    shared: Shared | None = None,
 ) -> Iterator[Update]:
     """Yields the growing answer to `message` after `history`; raises UserFacingError.
 
@@ -261,12 +314,18 @@ def answer(
             options = chat_options(options, settings, engine.generation_defaults)
         if not isinstance(history, list):
             raise UserFacingError(HISTORY_FORM)
-        with admission.enter(caller) if admission else contextlib.nullcontext():
-            turn = build_request(message, history, options, settings, engine, scope)
+        admitted = shared.admission.enter(caller) if shared else contextlib.nullcontext()
+        answers = shared.answers if shared else None
+        with admitted:
+            turn = build_request(message, history, options, settings, engine, scope, answers)
             progress.prepared = time.perf_counter()
             left_out = turn.turns_left_out
             lead = (left_out_notice(left_out, settings.max_context),) if left_out else ()
-            yield from _stream(engine, turn, progress, lead)
+            for update in _stream(engine, turn, progress, lead):
+                if update.done and answers is not None:
+                    clean = template_token_filter(engine.template_tokens)
+                    answers.keep(scope, update.text, clean(update.raw))
+                yield update
     except BaseException as exc:  # GeneratorExit included: the user stopped or left
         error = exc
         raise
@@ -285,13 +344,13 @@ def respond(
     options: ChatOptions | Mapping[str, Any],
     *,
     caller: Caller = Caller(),
-    admission: Admission | None = None,
+    shared: Shared | None = None,
 ) -> Iterator[ChatMessages]:
     """The growing answer as chat messages; bad input ends it with an error notice."""
     shown: ChatMessages = []
     try:
         for update in answer(
-            engine, settings, message, history, options, caller=caller, admission=admission
+            engine, settings, message, history, options, caller=caller, shared=shared
         ):
             shown = update.messages()
             yield shown
@@ -324,7 +383,8 @@ def _stream(
     images = [m for m in turn.media if m.kind == "image"]
     found = locate(progress.raw, engine.family, images)
     ttft = progress.since_start(progress.first_token)
-    stats = format_stats(progress.tokens, ttft, time.perf_counter() - progress.started)
+    elapsed = time.perf_counter() - progress.started
+    stats = format_stats(progress.tokens, ttft, elapsed, turn.prompt_tokens, progress.cached_tokens)
     path = _save_drawing(found, images) if found else None
     yield Update(lead, progress.raw, True, stats, found, path)
 
@@ -361,6 +421,7 @@ def _log_entry(
         images=sum(m.kind == "image" for m in media),
         videos=sum(m.kind == "video" for m in media),
         turns_left_out=turn.turns_left_out if turn else 0,
+        cached_tokens=progress.cached_tokens,
     )
 
 

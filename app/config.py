@@ -132,6 +132,14 @@ class Settings:
             "--max-batch-size", help="most requests the local engine generates together"
         ),
     )
+    prefix_cache_mb: float = field(
+        default=-1,
+        metadata=_flag(
+            "--prefix-cache-mb",
+            help="memory for the conversations' kept KV caches (MB; 0: off; -1: 1024 on the CPU, "
+            "15%% of the GPU's memory)",
+        ),
+    )
     max_chats_per_client: int = field(
         default=16,
         metadata=_flag(

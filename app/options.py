@@ -68,7 +68,7 @@ class ChatOptions:
     """One session's settings, checked: what a turn is asked with."""
 
     system_prompt: str = ""
-    add_vision_id: bool = True
+    add_vision_id: bool = True  # "Picture 1:" before every image (never only from the second)
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     media: MediaLimits = field(default_factory=MediaLimits)
 

@@ -46,6 +46,7 @@ class RequestLog:
     images: int = 0
     videos: int = 0
     turns_left_out: int = 0
+    cached_tokens: int | None = None  # prompt tokens from a kept KV cache (None: no cache)
     message: str | None = None  # only with --log-content
     answer: str | None = None  # only with --log-content
 

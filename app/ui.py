@@ -29,7 +29,7 @@ import gradio as gr
 
 from app import components
 from app.admission import Abandoned, Admission, Caller
-from app.chat import ChatMessages, answer, respond
+from app.chat import ChatMessages, Shared, answer, respond
 from app.config import Settings
 from app.engine import Engine
 from app.errors import UserFacingError
@@ -282,7 +282,7 @@ def with_api_signature(function: Callable[..., Any], values: dict[str, Any]) -> 
 
 def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole page; `launch()` is the caller's."""
-    admission = Admission(settings.max_chats_per_client)
+    shared = Shared(Admission(settings.max_chats_per_client))
     values = defaults(settings, engine.generation_defaults)
 
     def chat_in_ui(
@@ -295,7 +295,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             history,
             dict(zip(NAMES, settings_values, strict=True)),
             caller=caller_of(request, demo.streams),
-            admission=admission,
+            shared=shared,
         )
 
     def api_answer(args: tuple[Any, ...]) -> Iterator[Any]:
@@ -308,7 +308,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
                 [] if history is None else history,
                 dict(zip(NAMES, settings_values, strict=True)),
                 caller=caller_of(request, demo.streams),
-                admission=admission,
+                shared=shared,
             )
         except UserFacingError as exc:
             raise refusal(exc) from None

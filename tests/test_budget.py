@@ -194,3 +194,15 @@ def test_long_text_alone_asks_for_a_shorter_text():
 
 def test_costs_add_up():
     assert (Cost(1, 2, 3) + Cost(10, 20, 30)).total == 66
+
+
+def test_turns_are_left_out_in_steps_so_the_prompt_start_stays_put():
+    """A conversation growing by one 10-token turn at a time against a 100-token budget."""
+    stepped = [turns_to_leave_out([10] * n, list(range(n)), 0, 100, steps=4) for n in range(9, 40)]
+    minimal = [turns_to_leave_out([10] * n, list(range(n)), 0, 100) for n in range(9, 40)]
+    changes = sum(a != b for a, b in zip(stepped, stepped[1:], strict=False))
+    assert sum(a != b for a, b in zip(minimal, minimal[1:], strict=False)) == 29  # every turn
+    assert changes <= 12, "the first kept turn moves in steps, not with every turn"
+    for n, dropped in zip(range(9, 40), stepped, strict=True):
+        assert dropped is not None and (n - dropped) * 10 <= 100, "what is kept fits"
+        assert dropped >= minimal[n - 9]

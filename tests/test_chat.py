@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.admission import Caller
-from app.chat import ERROR_TITLE, answer, respond
+from app.admission import Admission, Caller
+from app.chat import ERROR_TITLE, Shared, answer, format_stats, respond
 from app.config import Settings
 from app.engine import ChatRequest, Delta, EngineStatus, GenerationOptions
 from app.errors import UserFacingError
@@ -236,3 +236,27 @@ def test_boxes_are_drawn_on_the_latest_image_enlarged_when_small(tmp_path: Path)
     assert not any(isinstance(m["content"], dict) for m in no_boxes[-1])
     video_only = run(ScriptedEngine(Delta(raw, 1)), {"text": "?", "files": [str(clip)]})
     assert not any(isinstance(m["content"], dict) for m in video_only[-1])
+
+
+def test_the_next_prompt_gets_the_models_own_answer_for_the_same_client():
+    raw = "The <|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>."
+    shared = Shared(Admission(per_client=4))
+    ann = Caller(client="address:1.1.1.1")
+    first = list(answer(ScriptedEngine(Delta(raw, 5)), Settings(), "Where?", [], OPTIONS,
+                        caller=ann, shared=shared))[-1]  # fmt: skip
+    assert first.text == "The **cat**."
+    history = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": first.text}]
+    engine = ScriptedEngine()
+    list(answer(engine, Settings(), "And?", history, OPTIONS, caller=ann, shared=shared))
+    assert engine.requests[0].messages[1]["content"] == raw, "markers and all, as generated"
+    bob = Caller(client="address:2.2.2.2")
+    list(answer(engine, Settings(), "And?", history, OPTIONS, caller=bob, shared=shared))
+    assert engine.requests[1].messages[1]["content"] == "The **cat**.", "not another client's"
+
+
+def test_statistics_say_how_much_of_the_prompt_came_from_the_cache(caplog):
+    engine = ScriptedEngine(Delta("Hi", 1, cached_tokens=30), Delta("!", 1))
+    shown = run(engine, "Hello")
+    assert "· 30 of" in shown[-1][-1]["metadata"]["title"]
+    assert log_lines(caplog)[0]["cached_tokens"] == 30
+    assert "cached" not in format_stats(3, 0.1, 1.0, 40, 0)

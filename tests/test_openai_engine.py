@@ -149,6 +149,24 @@ def test_video_as_frames_or_as_a_vllm_jpeg_video():
     assert len(sent["video_url"]["url"].split(",")) == 1 + 4
 
 
+def test_two_turns_send_byte_identical_earlier_messages():
+    """A server's prefix cache can hit: the same media give the same data URLs, turn after turn
+    (each turn prepares its media anew; the decoded pixels are not reused from a cache here)."""
+    from app import media as media_module
+
+    first = [{"role": "user", "content": asking()}]
+    turn1 = json.dumps(to_openai_messages(first, add_vision_id=True))
+    media_module._decoded.clear()
+    again = [{"role": "user", "content": asking()}]
+    second = [*again, {"role": "assistant", "content": "A red square."}, user_text("And now?")]
+    turn2 = json.dumps(to_openai_messages(second, add_vision_id=True))
+    assert turn2.startswith(turn1[:-1])  # the same bytes, then the new messages
+
+
+def user_text(text: str) -> dict:
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
 def test_messages_are_not_mutated():
     messages = [{"role": "user", "content": asking()}]
     before = repr(messages)

@@ -85,6 +85,7 @@ class Delta:
     tokens: int = 0
     queue_position: int | None = None
     wait_seconds: float | None = None
+    cached_tokens: int | None = None  # prompt tokens that came from a kept cache, once known
 
 
 @dataclass(frozen=True)

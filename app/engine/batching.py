@@ -42,7 +42,7 @@ def collate(inputs: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, An
         if key in SEQUENCE_KEYS:
             fill = SEQUENCE_KEYS[key]
             fill = pad_token_id if fill is None else fill
-            batch[key] = torch.cat([_left_pad(t, length, fill) for t in present])
+            batch[key] = torch.cat([left_pad(t, length, fill) for t in present])
         elif isinstance(present[0], torch.Tensor):
             batch[key] = torch.cat(present)
         else:
@@ -50,8 +50,11 @@ def collate(inputs: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, An
     return batch
 
 
-def _left_pad(tensor: torch.Tensor, length: int, fill: int) -> torch.Tensor:
-    pad = torch.full((tensor.shape[0], length - tensor.shape[1]), fill, dtype=tensor.dtype)
+def left_pad(tensor: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+    """`tensor` (rows, tokens) with `fill` before each row, up to `length` tokens."""
+    pad = torch.full(
+        (tensor.shape[0], length - tensor.shape[1]), fill, dtype=tensor.dtype, device=tensor.device
+    )
     return torch.cat([pad, tensor], dim=1)
 
 

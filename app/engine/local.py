@@ -19,11 +19,13 @@ from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
+    DynamicCache,
     GenerationConfig,
 )
 
 from app.config import Settings
 from app.engine import ChatRequest, CheckpointNotFound, Delta, EngineStatus, Family
+from app.engine.prefix_cache import PrefixCache, supports_prefix_cache
 from app.engine.worker import CountingStreamer, Job, ModelWorker, read_job
 from app.errors import UserFacingError
 from app.grounding import family_of
@@ -129,7 +131,8 @@ class LocalEngine:
     def _serve(self) -> None:
         """Starts what runs `generate` for the loaded model: here, the model worker."""
         pad = self.processor.tokenizer.pad_token_id
-        self._worker = ModelWorker(self.model, pad, self.settings.max_batch_size)
+        cache = prefix_cache(self.model, self.settings.prefix_cache_mb)
+        self._worker = ModelWorker(self.model, pad, self.settings.max_batch_size, cache)
 
     def encode(self, request: ChatRequest) -> dict[str, Any]:
         """Model inputs for a request: chat template, the media decoded, image/video tensors."""
@@ -154,12 +157,36 @@ class LocalEngine:
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         self._require_ready()
         assert self._worker is not None
-        job = Job(self.encode(request), request.options, CountingStreamer(self.processor.tokenizer))
+        job = Job(
+            self.encode(request),
+            request.options,
+            CountingStreamer(self.processor.tokenizer),
+            scope=request.client,
+            media_keys=[(media.digest, media.plan) for media in media_of(request.messages)],
+        )
         self._worker.submit(job)
         try:
             yield from read_job(job, self._worker)
         finally:
             job.stop.set()
+
+
+def prefix_cache(model: Any, megabytes: float) -> PrefixCache | None:
+    """The kept-cache store for this model (None: off, or a model whose cache cannot be cut)."""
+    if not supports_prefix_cache(DynamicCache(config=model.config)):
+        log.info("prefix cache off: this model's cache has layers that cannot be cut to a prefix")
+        return None
+    if megabytes < 0:  # auto: what fits the device
+        on_gpu = model.device.type == "cuda"
+        total = torch.cuda.get_device_properties(model.device).total_memory if on_gpu else 0
+        capacity = int(0.15 * total) if on_gpu else 1024 * 2**20
+    else:
+        capacity = int(megabytes * 2**20)
+    if capacity <= 0:
+        log.info("prefix cache off (--prefix-cache-mb 0)")
+        return None
+    log.info("prefix cache: up to %d MB of kept KV caches", capacity // 2**20)
+    return PrefixCache(capacity)
 
 
 def processor_inputs(

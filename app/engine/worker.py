@@ -6,6 +6,13 @@ waiting job always runs next; jobs behind it with the same sampling settings joi
 turns it into Deltas, with heartbeats and the queue place while nothing comes) and its own stop
 flag, which a stopping criterion reads: Stop or a closed tab ends that row at the next token.
 Both the local and the ZeroGPU engine use these pieces.
+
+With a prefix cache (`app.engine.prefix_cache`), a batch runs in two steps: each row's prompt
+is prefilled alone, from its client's longest kept prefix (only the rest of its tokens, and
+only its new images and videos, are computed), up to its last token; then the rows' caches are
+left-padded and stacked, and one `generate` decodes them together, starting from each row's
+last prompt token. Afterwards each row's cache (prompt and answer) is kept for the next turn.
+Prefill is the part a batch cannot share on a CPU anyway; decoding is what batching speeds up.
 """
 
 from __future__ import annotations
@@ -20,10 +27,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteriaList, TextIteratorStreamer
+from transformers import DynamicCache, StoppingCriteriaList, TextIteratorStreamer
 
 from app.engine import END_MARKERS, HEARTBEAT_SECONDS, Delta, GenerationOptions
-from app.engine.batching import BatchStreamer, StopRows, collate
+from app.engine.batching import BatchStreamer, StopRows, collate, left_pad
+from app.engine.prefix_cache import (
+    Kept,
+    PrefixCache,
+    from_tensors,
+    media_slices,
+    mrope_positions,
+    tensors,
+    vision_blocks,
+)
 from app.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -57,14 +73,21 @@ class CountingStreamer(TextIteratorStreamer):
         self.on_finalized_text(printable)
 
 
+# Prompts longer than this are prefilled in chunks of it (bounded activation memory).
+PREFILL_CHUNK_TOKENS = 2048
+
+
 @dataclass(eq=False)
 class Job:
     inputs: dict[str, Any]
     options: GenerationOptions
     streamer: CountingStreamer
+    scope: str = ""  # whose kept caches it may use (a keyed hash of the client)
+    media_keys: list[Any] = field(default_factory=list)  # content keys of its images and videos
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     solo: bool = False  # run alone (after its batch failed before its first token)
+    cached_tokens: int | None = None  # prompt tokens taken from a kept cache, once prefilled
 
     @property
     def max_new_tokens(self) -> int:
@@ -102,9 +125,16 @@ def batch_key(job: Job) -> tuple | None:
 class ModelWorker:
     """The one thread that runs `generate`, first come first served, batching what waits."""
 
-    def __init__(self, model: Any, pad_token_id: int, max_batch_size: int = 4) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pad_token_id: int,
+        max_batch_size: int = 4,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         self.model = model
         self.pad_token_id = pad_token_id
+        self.prefix_cache = prefix_cache
         self.max_batch_size = max(1, max_batch_size)
         self.eos_token_ids = eos_token_ids(model)
         self._pending: list[Job] = []
@@ -158,14 +188,23 @@ class ModelWorker:
         streamer = BatchStreamer(batch, self.eos_token_ids)
         started = time.monotonic()
         try:
-            generate_batch(self.model, batch, streamer, self.pad_token_id)
+            if self.prefix_cache is None:
+                generate_batch(self.model, batch, streamer, self.pad_token_id)
+            else:
+                generate_from_caches(self.model, batch, streamer, self.pad_token_id,
+                                     self.prefix_cache)  # fmt: skip
             self.steps += streamer.generated
             seconds = time.monotonic() - started
             previous = self._batch_seconds
             self._batch_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
         except Exception as exc:  # reaches the users through their jobs; the worker lives on
             log.exception("generation failed for a batch of %d", len(batch))
-            if len(batch) > 1 and streamer.generated == 0:  # nothing sent yet: retry one by one
+            if isinstance(exc, torch.OutOfMemoryError) and self.prefix_cache is not None:
+                self.prefix_cache.clear()  # kept caches never cost an answer its memory
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            retry = len(batch) > 1 or isinstance(exc, torch.OutOfMemoryError) and not batch[0].solo
+            if retry and streamer.generated == 0:  # nothing sent yet: retry one by one
                 with self._ready:
                     for job in batch:
                         job.solo = True
@@ -196,6 +235,114 @@ def generate_batch(
     )
 
 
+@torch.inference_mode()
+def generate_from_caches(
+    model: Any, batch: list[Job], streamer: BatchStreamer, pad_token_id: int, kept: PrefixCache
+) -> None:
+    """Each row prefilled from its client's kept cache, then decoded together (module doc)."""
+    rows = [_prefill(model, job, kept) for job in batch]
+    inputs = _stack(rows, pad_token_id)
+    if batch[0].options.seed is not None:
+        torch.manual_seed(batch[0].options.seed)
+    kwargs = generate_kwargs(batch[0].options)
+    kwargs["max_new_tokens"] = max(job.max_new_tokens for job in batch)
+    width = inputs["input_ids"].shape[1]
+    output = model.generate(
+        **inputs,
+        **kwargs,
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([StopRows(batch, width)]),
+        return_dict_in_generate=True,
+    )
+    for index, (job, row) in enumerate(zip(batch, rows, strict=True)):
+        generated = job.streamer.tokens
+        length = len(row.ids) + generated - 1  # the last token of an answer is never fed back
+        pad = width - len(row.ids)
+        layers = [
+            (
+                k[index : index + 1, :, pad : pad + length],
+                v[index : index + 1, :, pad : pad + length],
+            )
+            for k, v in tensors(inputs["cache"])
+        ]
+        answer = output.sequences[index, width : width + generated].tolist()
+        ids = (row.ids + answer)[:length]
+        kept.keep(Kept(job.scope, ids, job.media_keys, from_tensors(layers)))
+
+
+@dataclass
+class _Row:
+    """One request after its prefill: its prompt ids, M-RoPE positions, and a cache holding
+    every prompt token but the last."""
+
+    ids: list[int]
+    positions: torch.Tensor
+    types: torch.Tensor
+    cache: DynamicCache
+
+
+def _prefill(model: Any, job: Job, kept: PrefixCache) -> _Row:
+    inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in job.inputs.items()}
+    ids = inputs["input_ids"][0].tolist()
+    blocks = vision_blocks(inputs["mm_token_type_ids"])
+    positions = mrope_positions(model, inputs)
+    cache, start = kept.lookup(job.scope, ids, blocks, job.media_keys)
+    job.cached_tokens = start
+    cache = cache if cache is not None else DynamicCache(config=model.config)
+    end = len(ids) - 1
+    if end > start:  # the prompt but its last token, after the kept prefix
+        chunk = PREFILL_CHUNK_TOKENS if end - start > PREFILL_CHUNK_TOKENS else None
+        model.generate(
+            input_ids=inputs["input_ids"][:, :end],
+            mm_token_type_ids=inputs["mm_token_type_ids"][:, :end],
+            position_ids=positions[..., :end],
+            cache=cache,
+            max_new_tokens=1,
+            prefill_chunk_size=chunk,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            **media_slices(inputs, blocks, start),
+        )
+        # generate never feeds back the token it produced: the cache holds the `end` tokens
+    assert cache.get_seq_length() == end, (cache.get_seq_length(), end)
+    return _Row(ids, positions, inputs["mm_token_type_ids"], cache)
+
+
+def _stack(rows: list[_Row], pad_token_id: int) -> dict[str, Any]:
+    """`generate` inputs for rows whose caches hold all but their last prompt token: ids, mask,
+    positions and caches left-padded to the longest row (pads are masked out)."""
+    width = max(len(row.ids) for row in rows)
+    device = rows[0].positions.device
+
+    def padded(values: torch.Tensor, fill: int) -> torch.Tensor:
+        return left_pad(values, width, fill)
+
+    ids = torch.cat([padded(torch.tensor([row.ids], device=device), pad_token_id) for row in rows])
+    mask = torch.cat([padded(torch.ones(1, len(row.ids), dtype=torch.long, device=device), 0)
+                      for row in rows])  # fmt: skip
+    types = torch.cat([padded(row.types, 0) for row in rows])
+    positions = torch.cat(
+        [torch.stack([padded(p, 0) for p in row.positions]) for row in rows], dim=1
+    )
+    layers = []
+    for per_row in zip(*(tensors(row.cache) for row in rows), strict=True):
+        keys, values = [], []
+        for k, v in per_row:
+            pad = (width - 1) - k.shape[-2]
+            keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+            values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+        layers.append((torch.cat(keys), torch.cat(values)))
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "mm_token_type_ids": types,
+        "position_ids": positions,
+        "cache": from_tensors(layers),
+    }
+
+
 def read_job(job: Job, worker: ModelWorker | None = None) -> Iterator[Delta]:
     """A job's answer as deltas, with a heartbeat (and its queue place) while nothing comes."""
     counted = 0
@@ -212,7 +359,7 @@ def read_job(job: Job, worker: ModelWorker | None = None) -> Iterator[Delta]:
         for marker in END_MARKERS:
             text = text.replace(marker, "")
         tokens, counted = job.streamer.tokens - counted, job.streamer.tokens
-        yield Delta(text=text, tokens=tokens)
+        yield Delta(text=text, tokens=tokens, cached_tokens=job.cached_tokens)
     if job.error is not None:
         raise UserFacingError(describe_failure(job.error))
     if job.streamer.tokens > counted:

@@ -12,6 +12,7 @@ makes available to every call. Outside ZeroGPU the same function runs undecorate
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,7 @@ from app.engine.local import LocalEngine
 from app.engine.worker import CountingStreamer, Job, eos_token_ids, generate_batch, read_job
 
 # (model, tokenizer, pad token id, eos ids): module level, so that the GPU process sees it.
+log = logging.getLogger(__name__)
 _LOADED: tuple[Any, Any, int, set[int]] | None = None
 GPU_SECONDS = 120  # what each call asks ZeroGPU for; longer answers are cut by ZeroGPU
 
@@ -60,7 +62,8 @@ def _generate_or_fail(model: Any, job: Job, streamer: BatchStreamer, pad_token_i
 class ZeroGPUEngine(LocalEngine):
     """LocalEngine whose generation runs in ZeroGPU calls instead of a long-lived worker.
 
-    ZeroGPU queues and shares the GPU itself, so there is no worker thread and no batching.
+    ZeroGPU queues and shares the GPU itself, so there is no worker thread and no batching; GPU
+    memory does not outlive a call, so there is no prefix cache either.
     """
 
     def zero_gpu(self) -> bool:  # off ZeroGPU (tests, a plain GPU box): LocalEngine's placement
@@ -71,6 +74,7 @@ class ZeroGPUEngine(LocalEngine):
         tokenizer = self.processor.tokenizer
         _LOADED = (self.model, tokenizer, tokenizer.pad_token_id, eos_token_ids(self.model))
         self._gpu_stream = _decorate(gpu_stream)
+        log.info("prefix cache off: on ZeroGPU the GPU's memory does not outlive a call")
 
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         self._require_ready()
