@@ -22,14 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.engine import QWEN2_FORMAT, PromptFormat
 from app.errors import UserFacingError
 
 CountTokens = Callable[[str], int]
 STEPS = 4  # turns are left out to free 1/STEPS of the budget at a time
-# What the template writes around the messages: the default system prompt when none is given,
-# and the generation prompt that opens the answer.
-DEFAULT_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-GENERATION_PROMPT = "<|im_start|>assistant\n"
 VISION_MARKERS = "<|vision_start|><|vision_end|>"  # the pad tokens go between them
 LABELS = {"image": "Picture", "video": "Video"}  # add_vision_id: "Picture 1: ", "Video 1: "
 
@@ -59,8 +56,11 @@ class Fit:
     turns_left_out: int
 
 
-def render_messages(messages: Sequence[Mapping[str, Any]], add_vision_id: bool) -> list[str]:
-    """Each message as the chat template writes it, with its image/video pads left out."""
+def render_messages(
+    messages: Sequence[Mapping[str, Any]], add_vision_id: bool, video_times: bool = False
+) -> list[str]:
+    """Each message as the chat template writes it, with its image/video pads left out. With
+    `video_times` (Qwen3-VL), a video is written as its frame pairs, each with its time."""
     seen = dict.fromkeys(LABELS, 0)  # the template numbers images and videos apart
     rendered = []
     for message in messages:
@@ -74,7 +74,8 @@ def render_messages(messages: Sequence[Mapping[str, Any]], add_vision_id: bool) 
                 if kind in LABELS:
                     seen[kind] += 1
                     label = f"{LABELS[kind]} {seen[kind]}: " if add_vision_id else ""
-                    pieces.append(label + VISION_MARKERS)
+                    timed = video_times and kind == "video"
+                    pieces.append(label + (_frame_groups(item[kind]) if timed else VISION_MARKERS))
                 else:
                     pieces.append(item.get("text", ""))
             body = "".join(pieces)
@@ -82,12 +83,24 @@ def render_messages(messages: Sequence[Mapping[str, Any]], add_vision_id: bool) 
     return rendered
 
 
+def _frame_groups(video: Any) -> str:
+    """Qwen3-VL's text around a video's frame pairs: the pair's middle time, then markers."""
+    times = list(video.plan.times)
+    times += times[-1:] * (len(times) % 2)
+    pairs = [(a + b) / 2 for a, b in zip(times[::2], times[1::2], strict=True)]
+    return "".join(f"<{t:.1f} seconds>{VISION_MARKERS}" for t in pairs)
+
+
 def message_costs(
-    messages: Sequence[Mapping[str, Any]], count_tokens: CountTokens, add_vision_id: bool
+    messages: Sequence[Mapping[str, Any]],
+    count_tokens: CountTokens,
+    add_vision_id: bool,
+    prompt_format: PromptFormat = QWEN2_FORMAT,
 ) -> list[Cost]:
     """The cost of each message; its media parts hold objects with a `tokens` count."""
     costs = []
-    for message, text in zip(messages, render_messages(messages, add_vision_id), strict=True):
+    rendered = render_messages(messages, add_vision_id, prompt_format.video_times)
+    for message, text in zip(messages, rendered, strict=True):
         pads = dict.fromkeys(LABELS, 0)
         for part in _visual_parts(message):
             pads[part["type"]] += part[part["type"]].tokens
@@ -103,10 +116,13 @@ def turn_starts(roles: Sequence[str]) -> list[int]:
     return [first, *starts] if first < len(roles) else []
 
 
-def fixed_cost(roles: Sequence[str], count_tokens: CountTokens) -> int:
+def fixed_cost(
+    roles: Sequence[str], count_tokens: CountTokens, prompt_format: PromptFormat = QWEN2_FORMAT
+) -> int:
     """Tokens the template adds around the messages."""
-    default_system = DEFAULT_SYSTEM if not roles or roles[0] != "system" else ""
-    return count_tokens(default_system + GENERATION_PROMPT)
+    has_system = bool(roles) and roles[0] == "system"
+    default_system = "" if has_system else prompt_format.default_system
+    return count_tokens(default_system + prompt_format.generation_prompt)
 
 
 def turns_to_leave_out(
@@ -164,13 +180,14 @@ def fit(
     max_new_tokens: int,
     add_vision_id: bool = False,
     max_media: int | None = None,
+    prompt_format: PromptFormat = QWEN2_FORMAT,
 ) -> Fit:
     """The conversation without its oldest turns, as needed; UserFacingError when even the
     current turn, with the system prompt, leaves no room for a max_new_tokens answer."""
     roles = [m["role"] for m in messages]
-    costs = message_costs(messages, count_tokens, add_vision_id)
+    costs = message_costs(messages, count_tokens, add_vision_id, prompt_format)
     starts = turn_starts(roles) or [len(messages)]
-    fixed = fixed_cost(roles, count_tokens)
+    fixed = fixed_cost(roles, count_tokens, prompt_format)
     dropped = turns_to_leave_out(
         [c.total for c in costs],
         starts,

@@ -28,6 +28,7 @@ from app.errors import UserFacingError
 from app.grounding import Grounding, display_text, drawing, locate
 from app.media import Media, prepare
 from app.messages import (
+    REASONING_ICON,
     attach_media,
     conversation_messages,
     is_notice,
@@ -45,12 +46,19 @@ from app.requestlog import (
     tokens_per_second,
 )
 from app.scratch import new_folder
+from app.thinking import Split, split_reasoning
 
 ChatMessages = list[dict[str, Any]]
 # Seconds between two updates of a streaming answer: smooth to read, and a fast model's tokens
 # are sent in small groups instead of one message each (the first token is sent at once).
 STREAM_INTERVAL = 0.05
 ERROR_TITLE = "⚠️ Could not answer"
+CUT_OFF_TITLE = "✂️ The answer ran out of tokens while still thinking"
+CUT_OFF_ADVICE = (
+    "The model used all its 'Max new tokens' on reasoning and did not get to the answer. "
+    "Raise 'Max new tokens' in the settings (thinking models often need thousands), or turn "
+    "thinking off where the model allows it."
+)
 HISTORY_FORM = (
     'The history must be a list of messages such as [{"role": "user", "content": "Hi"}, '
     '{"role": "assistant", "content": "Hello!"}]; content may also be a list of parts: '
@@ -59,9 +67,12 @@ HISTORY_FORM = (
 request_log = logging.getLogger(LOGGER)
 
 
-def notice(title: str, text: str = "", done: bool = False) -> dict[str, Any]:
-    """An app message (error, statistics, queue place): shown to the user, never to the model."""
-    metadata = {"title": title, "status": "done"} if done else {"title": title}
+def notice(title: str, text: str = "", done: bool = False, pending: bool = False) -> dict[str, Any]:
+    """An app message (error, statistics, queue place, reasoning): shown to the user, never to
+    the model. `done` shows it closed, `pending` open with a spinner."""
+    metadata: dict[str, Any] = {"title": title}
+    if done or pending:
+        metadata["status"] = "done" if done else "pending"
     return {"role": "assistant", "content": text, "metadata": metadata}
 
 
@@ -206,12 +217,14 @@ def build_request(
         options.generation.max_new_tokens,
         options.add_vision_id,
         settings.max_media,
+        engine.prompt_format,
     )
     request = ChatRequest(
         messages=fitted.messages,
         options=options.generation,
         add_vision_id=options.add_vision_id,
         client=client,
+        enable_thinking=options.enable_thinking,
     )
     return Turn(request, fitted.tokens, fitted.turns_left_out)
 
@@ -227,10 +240,28 @@ class Update:
     stats: str = ""
     grounding: Grounding | None = None
     drawing: str | None = None
+    opened: bool = False  # the prompt opened a <think> block (a thinking model)
+    thought_seconds: float | None = None  # how long the reasoning took (or has taken so far)
+    trailer: tuple[dict[str, Any], ...] = ()  # notices after the answer (cut off while thinking)
+
+    @property
+    def split(self) -> Split:
+        return split_reasoning(self.raw, self.opened)
 
     @property
     def text(self) -> str:
-        return display_text(self.raw)
+        """The answer as the chat shows it (the reasoning apart)."""
+        return display_text(self.split.answer)
+
+    def reasoning_message(self) -> dict[str, Any] | None:
+        """The reasoning as a collapsible block: open while it streams, closed once done."""
+        split = self.split
+        if split.reasoning is None:
+            return None
+        seconds = round(self.thought_seconds or 0)
+        if split.thinking and not self.done:
+            return notice(f"{REASONING_ICON} Thinking… {seconds} s", split.reasoning, pending=True)
+        return notice(f"{REASONING_ICON} Thought for {seconds} s", split.reasoning, done=True)
 
     def details(self) -> dict[str, Any]:
         """The update as data (the /chat_details API): boxes in the original image's pixels."""
@@ -240,7 +271,8 @@ class Update:
             "raw": self.raw,
             "done": self.done,
             "stats": self.stats,
-            "notices": [m["metadata"]["title"] for m in self.lead],
+            "reasoning": self.split.reasoning,
+            "notices": [m["metadata"]["title"] for m in (*self.lead, *self.trailer)],
             "grounding": None
             if found is None
             else {
@@ -254,10 +286,14 @@ class Update:
     def messages(self) -> ChatMessages:
         """The update as the chatbot shows it."""
         shown: ChatMessages = list(self.lead)
-        if self.raw or self.done:
+        reasoning = self.reasoning_message()
+        if reasoning:
+            shown.append(reasoning)
+        if self.text or self.done and not reasoning:
             shown.append({"role": "assistant", "content": self.text})
         if self.drawing:
             shown.append({"role": "assistant", "content": {"path": self.drawing}})
+        shown.extend(self.trailer)
         if self.done:
             shown.append(notice(self.stats, done=True))
         return shown
@@ -274,6 +310,13 @@ class _Progress:
     raw: str = ""
     tokens: int = 0
     cached_tokens: int | None = None  # prompt tokens from a kept cache (None: not known)
+    thought_until: float | None = None  # when the reasoning ended (None: still thinking)
+
+    def thought(self, now: float) -> float | None:
+        """Seconds of reasoning so far (from the first token)."""
+        if self.first_token is None:
+            return None
+        return (self.thought_until or now) - self.first_token
 
     def add(self, delta: Delta, now: float) -> None:
         if self.engine_started is None:
@@ -311,7 +354,8 @@ def answer(
     scope = anonymous_id(caller.client) if caller.client else ""
     try:
         if not isinstance(options, ChatOptions):
-            options = chat_options(options, settings, engine.generation_defaults)
+            thinks = engine.prompt_format.thinks
+            options = chat_options(options, settings, engine.generation_defaults, thinks)
         if not isinstance(history, list):
             raise UserFacingError(HISTORY_FORM)
         admitted = shared.admission.enter(caller) if shared else contextlib.nullcontext()
@@ -365,9 +409,12 @@ def _stream(
 ) -> Iterator[Update]:
     """The engine's answer as Updates after `lead`, then the finished one.
 
-    The engine's raw text keeps Qwen's special tokens (grounding markers); the chat shows
-    `display_text` of it, plus an image with the boxes drawn once the answer is complete.
+    The engine's raw text keeps Qwen's special tokens (grounding markers) and the reasoning of a
+    thinking model; the chat shows the reasoning in its own block and `display_text` of the
+    answer, plus an image with the boxes drawn once the answer is complete.
     """
+    template = engine.prompt_format
+    opened = template.thinks and (turn.request.enable_thinking or not template.thinking_switch)
     shown_at = 0.0
     for delta in engine.stream(turn.request):
         now = time.perf_counter()
@@ -377,16 +424,22 @@ def _stream(
         if progress.first_token is None and delta.tokens:
             shown_at = 0.0  # the first token is shown at once
         progress.add(delta, now)
+        if progress.thought_until is None and not split_reasoning(progress.raw, opened).thinking:
+            progress.thought_until = now
         if now - shown_at >= STREAM_INTERVAL:  # also the heartbeat that lets Stop close us
             shown_at = now
-            yield Update(lead=lead, raw=progress.raw)
+            yield Update(lead, progress.raw, opened=opened, thought_seconds=progress.thought(now))
+    split = split_reasoning(progress.raw, opened)
     images = [m for m in turn.media if m.kind == "image"]
-    found = locate(progress.raw, engine.family, images)
+    found = locate(split.answer, engine.family, images)
     ttft = progress.since_start(progress.first_token)
     elapsed = time.perf_counter() - progress.started
     stats = format_stats(progress.tokens, ttft, elapsed, turn.prompt_tokens, progress.cached_tokens)
     path = _save_drawing(found, images) if found else None
-    yield Update(lead, progress.raw, True, stats, found, path)
+    cut_off = split.thinking and progress.tokens >= turn.request.options.max_new_tokens
+    trailer = (notice(CUT_OFF_TITLE, CUT_OFF_ADVICE, done=True),) if cut_off else ()
+    seconds = progress.thought(time.perf_counter())
+    yield Update(lead, progress.raw, True, stats, found, path, opened, seconds, trailer)
 
 
 def _save_drawing(found: Grounding, images: Sequence[Media]) -> str:

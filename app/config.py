@@ -168,6 +168,13 @@ class Settings:
             return self.model or "the server's model"
         return display_model_name(self.checkpoint_path)
 
+    @property
+    def model_title(self) -> str:
+        """The page's title: the model's own name, without its owner (`Qwen2-VL-7B-Instruct`)."""
+        if self.backend == "openai" and not self.model:
+            return "Qwen-VL"
+        return self.model_name.rsplit("/", 1)[-1]
+
 
 def display_model_name(checkpoint: str) -> str:
     """`Qwen/Qwen2-VL-7B-Instruct` as it is; `/srv/models/qwen-7b/` as `qwen-7b`."""

@@ -44,19 +44,25 @@ _SPECIAL = re.compile(r"(<\|[A-Za-z0-9_]+\|>)")
 _TRAILING_PARTIAL_SPECIAL = re.compile(r"<(?:\|[A-Za-z0-9_]*\|?)?\Z")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _COORDINATES_SO_FAR = re.compile(r"[\s\d(),.\-]*")
-_JSON_BBOX = re.compile(r'"bbox_2d"\s*:\s*\[([^\[\]]*)\]')
+_JSON_BBOX = re.compile(r'"(?:bbox|point)_2d"\s*:\s*\[([^\[\]]*)\]')
+_PICTURE = re.compile(r"\bPicture (\d{1,3})\b")
 _JSON_LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
 class Box:
-    """A labelled box, normalised to 0..1 of the image's width and height, x1<=x2, y1<=y2."""
+    """A labelled box, normalised to 0..1 of the image's width and height, x1<=x2, y1<=y2; a
+    point (Qwen3-VL's `point_2d`) is a box with no size."""
 
     label: str
     x1: float
     y1: float
     x2: float
     y2: float
+
+    @property
+    def is_point(self) -> bool:
+        return self.x1 == self.x2 and self.y1 == self.y2
 
 
 class Picture(Protocol):
@@ -85,28 +91,27 @@ class Grounding:
     def pixel_boxes(self) -> list[dict[str, Any]]:
         """The boxes in the original image's pixels, as the API and the tools return them."""
         width, height = self.size
-        return [
-            {
-                "label": box.label,
-                "bbox": [
-                    round(box.x1 * width),
-                    round(box.y1 * height),
-                    round(box.x2 * width),
-                    round(box.y2 * height),
-                ],
-            }
-            for box in self.boxes
-        ]
+        found: list[dict[str, Any]] = []
+        for box in self.boxes:
+            x1, y1 = round(box.x1 * width), round(box.y1 * height)
+            if box.is_point:
+                found.append({"label": box.label, "point": [x1, y1]})
+            else:
+                x2, y2 = round(box.x2 * width), round(box.y2 * height)
+                found.append({"label": box.label, "bbox": [x1, y1, x2, y2]})
+        return found
 
 
 def locate(raw: str, family: Family, images: Sequence[Picture]) -> Grounding | None:
-    """The boxes of a raw answer and the image they are on: the conversation's latest image.
+    """The boxes of a raw answer and the image they are on: the one the answer names
+    ("Picture 2", as the images are labelled in the prompt), else the conversation's latest.
 
     Qwen2.5-VL's pixel coordinates are read against the size the model saw (`fed_size`).
     """
     if not images:
         return None
-    index = len(images) - 1
+    named = [int(n) for n in _PICTURE.findall(raw) if 0 < int(n) <= len(images)]
+    index = named[-1] - 1 if named else len(images) - 1
     image = images[index]
     boxes = parse_boxes(raw, family, image_size=image.fed_size)
     if not boxes:
@@ -229,7 +234,8 @@ def _json_objects(text: str) -> Iterator[tuple[str, bool]]:
 
 
 def _parse_json(text: str, scale: tuple[float, float]) -> list[Box]:
-    """Qwen2.5/3-VL boxes: every complete JSON object with a four-number "bbox_2d"."""
+    """Qwen2.5/3-VL boxes and points: every complete JSON object with a four-number "bbox_2d"
+    or a two-number "point_2d"."""
     boxes: list[Box] = []
     for chunk, is_leaf in _json_objects(text):
         try:
@@ -238,11 +244,16 @@ def _parse_json(text: str, scale: tuple[float, float]) -> list[Box]:
             item = _loose_object(chunk) if is_leaf else None  # e.g. a trailing comma
         except RecursionError:  # nested deeper than the JSON reader goes: not a box
             item = None
-        if not isinstance(item, dict) or not isinstance(item.get("bbox_2d"), list):
+        if not isinstance(item, dict):
             continue
+        coords = item.get("bbox_2d", item.get("point_2d"))
+        if not isinstance(coords, list):
+            continue
+        if len(coords) == 2:  # a point: a box with no size
+            coords = [*coords, *coords]
         label = item.get("label", "")
         label = label.strip() if isinstance(label, str) else "" if label is None else str(label)
-        box = _make_box(label, item["bbox_2d"], scale)
+        box = _make_box(label, coords, scale)
         boxes.extend([box] if box else [])
     return boxes
 
@@ -316,7 +327,12 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Box]) -> Image.Image:
         colour = colours.setdefault(box.label, PALETTE[len(colours) % len(PALETTE)])
         left, top = _pixel(box.x1, width), _pixel(box.y1, height)
         right, bottom = _pixel(box.x2, width), _pixel(box.y2, height)
-        draw.rectangle((left, top, right, bottom), outline=colour, width=line_width)
+        if box.is_point:  # a dot with a white ring, visible on any background
+            radius = 3 * line_width
+            ring = (left - radius, top - radius, left + radius, top + radius)
+            draw.ellipse(ring, fill=colour, outline=(255, 255, 255), width=max(1, line_width // 2))
+        else:
+            draw.rectangle((left, top, right, bottom), outline=colour, width=line_width)
     for box in boxes:  # labels last, so no outline is drawn over them
         if box.label:
             _draw_label(draw, canvas.size, box, colours[box.label], font)

@@ -11,13 +11,11 @@ string. Both tables have the same keys (a test checks).
 from __future__ import annotations
 
 EN: dict[str, str] = {
-    "header": (
-        "# Qwen2-VL\n"
-        "Chat about images and videos. Ask it to find things and it draws boxes around them."
-    ),
+    "header": "Chat about images and videos. Ask it to find things and it draws boxes around them.",
     "license": (
-        "Models: Qwen2-VL 2B and 7B are Apache-2.0, Qwen2-VL 72B is under the Qwen license. "
-        "This demo's code is Apache-2.0. Answers may be wrong: check what matters."
+        "Check the license of the model served (Qwen2-VL 2B and 7B, Qwen2.5-VL 3B and 7B, "
+        "Qwen3-VL and Qwen3.5 are Apache-2.0; the largest ones have the Qwen license). This demo's "
+        "code is Apache-2.0. Answers may be wrong: check what matters."
     ),
     "status_loading": "⏳ Loading the model…",
     "status_ready": "✅ Ready",
@@ -29,6 +27,7 @@ EN: dict[str, str] = {
     "system_prompt": "System prompt",
     "system_prompt_placeholder": "You are a helpful assistant.",
     "add_vision_id": 'Label images and videos ("Picture 1:", "Video 1:")',
+    "enable_thinking": "Think before answering (slower, often better)",
     "max_new_tokens": "Max new tokens",
     "temperature": "Temperature (0 = greedy)",
     "top_p": "Top-p",
@@ -45,10 +44,11 @@ EN: dict[str, str] = {
 }
 
 ZH: dict[str, str] = {
-    "header": "# 通义千问 Qwen2-VL\n就图片和视频进行对话。让它寻找物体，它会在图上画出方框。",
+    "header": "就图片和视频进行对话。让它寻找物体，它会在图上画出方框。",
     "license": (
-        "模型：Qwen2-VL 2B 和 7B 采用 Apache-2.0 许可，Qwen2-VL 72B 采用 Qwen 许可。"
-        "本演示代码采用 Apache-2.0 许可。回答可能有误，重要信息请核实。"
+        "请查看所用模型的许可（Qwen2-VL 2B/7B、Qwen2.5-VL 3B/7B、Qwen3-VL 与 Qwen3.5 "
+        "采用 Apache-2.0，最大的型号采用 Qwen 许可）。本演示代码采用 Apache-2.0 许可。"
+        "回答可能有误，重要信息请核实。"
     ),
     "status_loading": "⏳ 模型加载中…",
     "status_ready": "✅ 就绪",
@@ -60,6 +60,7 @@ ZH: dict[str, str] = {
     "system_prompt": "系统提示词",
     "system_prompt_placeholder": "You are a helpful assistant.",
     "add_vision_id": "给图片和视频加上编号（“Picture 1:”、“Video 1:”）",
+    "enable_thinking": "先思考再回答（更慢，通常更好）",
     "max_new_tokens": "最多生成的 token 数",
     "temperature": "温度（0 = 贪心解码）",
     "top_p": "Top-p",

@@ -9,8 +9,9 @@ Conventions of the chat history this app writes:
 - a user turn may span several consecutive user messages (files, then text); they are merged
   into one Qwen user turn, keeping their order (`user_turn_messages` writes them);
 - an assistant message whose `metadata` has a `title` is a notice from the app (an error, the
-  answer's statistics, "earlier turns were left out") and is never shown to the model; a user
-  turn answered by notices alone (it failed) is left out with them;
+  answer's statistics, "earlier turns were left out", the reasoning of a thinking model) and is
+  never shown to the model; a user turn answered by notices alone (it failed) is left out with
+  them, unless one is reasoning (a turn stopped while thinking did not fail);
 - assistant media (e.g. the image with grounding boxes drawn on it) is for the user only.
 
 What a client sends is untrusted: a `{"type": "component"}` part (Gradio's shape for a
@@ -52,6 +53,7 @@ GROUNDING_MARKERS = frozenset(
     }
 )
 MAX_NESTING = 32  # content nested deeper than this is not a chat message: ignored
+REASONING_ICON = "💭"  # the title of a notice holding a thinking model's reasoning starts so
 
 Part = tuple[Literal["text", "file"], str]
 Message = dict[str, Any]
@@ -151,19 +153,21 @@ def history_to_messages(
     system = clean(system_prompt or "")
     if system:
         messages.append({"role": "system", "content": system})
-    noticed = False  # a notice came after the last user message
+    failed = False  # notices, and no reasoning, came after the last user message
+    reasoned = False
     for message in history:
         if not isinstance(message, Mapping):
             continue
         role = message.get("role")
         if is_notice(message):
-            noticed = True
+            reasoned = reasoned or str(message["metadata"]["title"]).startswith(REASONING_ICON)
+            failed = not reasoned
         elif role == "assistant":
             _add(messages, "assistant", _answer_text(message, clean))
         elif role == "user":
-            if noticed and messages and messages[-1]["role"] == "user":
+            if failed and messages and messages[-1]["role"] == "user":
                 messages.pop()  # that turn got notices but no answer (it failed): leave it out
-            noticed = False
+            failed = reasoned = False
             _add(messages, "user", _user_content(content_parts(message.get("content")), clean))
     return messages
 

@@ -23,6 +23,7 @@ from app.media import MediaLimits
 
 MAX_SYSTEM_PROMPT_CHARS = 20_000  # longer would not fit the context anyway
 MAX_NEW_TOKENS = 8192
+THINKING_MAX_NEW_TOKENS = 4096  # a thinking model's reasoning alone often takes thousands
 SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 Bound = float | str | None  # a number, or the name of the Settings flag that gives it
@@ -49,6 +50,7 @@ def _resolve(bound: Bound, settings: Settings) -> float | None:
 FIELDS: tuple[Field, ...] = (
     Field("system_prompt", str, maximum=MAX_SYSTEM_PROMPT_CHARS),
     Field("add_vision_id", bool),
+    Field("enable_thinking", bool),
     Field("max_new_tokens", int, 1, MAX_NEW_TOKENS, 1),
     Field("temperature", float, 0.0, 2.0, 0.05),
     Field("top_p", float, 0.05, 1.0, 0.05),
@@ -69,6 +71,7 @@ class ChatOptions:
 
     system_prompt: str = ""
     add_vision_id: bool = True  # "Picture 1:" before every image (never only from the second)
+    enable_thinking: bool = True  # for templates with that switch (Qwen3.5); others ignore it
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     media: MediaLimits = field(default_factory=MediaLimits)
 
@@ -91,13 +94,18 @@ def generation_defaults(generation_config: Any) -> dict[str, float]:
     return found
 
 
-def defaults(settings: Settings, generation: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """Every setting's default: the flags, then the checkpoint's sampling settings."""
+def defaults(
+    settings: Settings, generation: Mapping[str, float] | None = None, thinks: bool = False
+) -> dict[str, Any]:
+    """Every setting's default: the flags, then the checkpoint's sampling settings; a thinking
+    model answers at least THINKING_MAX_NEW_TOKENS long."""
     base = GenerationOptions()
+    length = max(settings.max_new_tokens, THINKING_MAX_NEW_TOKENS if thinks else 0)
     values: dict[str, Any] = {
         "system_prompt": "",
         "add_vision_id": True,
-        "max_new_tokens": settings.max_new_tokens,
+        "enable_thinking": True,
+        "max_new_tokens": length,
         "temperature": base.temperature,
         "top_p": base.top_p,
         "top_k": base.top_k,
@@ -185,9 +193,10 @@ def chat_options(
     values: Mapping[str, Any],
     settings: Settings,
     generation: Mapping[str, float] | None = None,
+    thinks: bool = False,
 ) -> ChatOptions:
     """ChatOptions from a client's values (missing ones take their defaults), checked."""
-    base = defaults(settings, generation)
+    base = defaults(settings, generation, thinks)
     checked = {
         spec.name: check(spec, values[spec.name], settings) if values.get(spec.name) is not None
         else base[spec.name]
@@ -210,7 +219,11 @@ def chat_options(
         seed=None if checked["seed"] < 0 else checked["seed"],
     )
     return ChatOptions(
-        checked["system_prompt"].strip(), checked["add_vision_id"], generation_options, media
+        checked["system_prompt"].strip(),
+        checked["add_vision_id"],
+        checked["enable_thinking"],
+        generation_options,
+        media,
     )
 
 

@@ -1,10 +1,45 @@
-"""Build a tiny, randomly initialised Qwen2-VL / Qwen2.5-VL checkpoint offline.
+"""Build a tiny, randomly initialised Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint offline.
 
 The checkpoint loads through the real path (`AutoProcessor` / `AutoModelForImageTextToText`
 `.from_pretrained`), so tests, benchmarks and offline UI tries need no download:
 
     python -m app.tiny_checkpoint checkpoints/tiny
+    python -m app.tiny_checkpoint checkpoints/tiny-qwen3 --family qwen3_vl
     python web_demo_mm.py -c checkpoints/tiny --cpu-only
+
+Families (`FAMILIES`), each with its real config, model, processor and tokenizer classes:
+
+* `qwen2_vl`, `qwen2_5_vl`: patch 14 (resize factor 28), Qwen2-VL's template (`CHAT_TEMPLATE`).
+* `qwen3_vl`, `qwen3_vl_moe`: Qwen3-VL (dense, MoE) with the Instruct template;
+  `qwen3_vl_thinking`: the same model with the Thinking template (prompts end in "<think>\n").
+* `qwen3_5`: Qwen3.5 (Gated DeltaNet linear-attention layers plus full-attention ones), with the
+  template of Qwen3.5-4B and larger (`enable_thinking`, on by default).
+
+The Qwen3 families use `Qwen3VLProcessor` (`Qwen2VLImageProcessor` + `Qwen3VLVideoProcessor`):
+patch 16, merge 2, temporal patch 2 (resize factor 32), image mean/std 0.5, as the real
+preprocessor configs. Their tokenizers (`Qwen2Tokenizer`; `Qwen3_5Tokenizer` for Qwen3.5) have
+the special tokens plus Qwen3's added non-special tokens (`QWEN3_ADDED_TOKENS`, up to `<think>`
+and `</think>`) in the real id order. Every generation config stops on <|im_end|> or
+<|endoftext|> and decodes greedily (do_sample=False), unlike the real thinking checkpoints.
+
+The Qwen3 chat templates are files in app/templates/. The first line of each is a Jinja comment
+naming its source (it renders as nothing); the rest is the official template, verbatim, and is
+what a checkpoint gets (`chat_template`):
+
+* qwen3_vl_instruct.jinja (Qwen3-VL *-Instruct): huggingface/trl at commit f2cd57710ae3,
+  trl/chat_templates/qwen3_vl.jinja ("Original Qwen3-VL chat template"), sha256
+  3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4.
+* qwen3_vl_thinking.jinja (Qwen3-VL *-Thinking): no first-party copy was reachable offline; it is
+  transcribed from two identical third-party verbatim copies of the model's template (a
+  llama.cpp agent's `template_str`, an LM Studio setup script), sha256
+  36e042fe45641f067b1f2381fcc8955d10d956a3ed333ecdf7f7eb0916f68956.
+* qwen3_5.jinja (Qwen3.5-4B and larger): huggingface/trl at f2cd57710ae3,
+  trl/chat_templates/qwen3_5_think.jinja, sha256
+  a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715. TRL's qwen3_5_nothink.jinja
+  (Qwen3.5-2B and smaller) differs only in enable_thinking's default (off).
+
+A third-party test fixture quotes the same two sha256 for mlx-community/Qwen3-VL-4B-Instruct-4bit's
+and mlx-community/Qwen3.5-35B-A3B-4bit's chat_template.jinja.
 """
 
 from __future__ import annotations
@@ -19,13 +54,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# family -> transformers class-name prefix (Qwen2VLConfig, Qwen2_5_VLProcessor, ...)
-_CLASS_PREFIX = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}
-FAMILIES = tuple(_CLASS_PREFIX)
+
+@dataclass(frozen=True)
+class _Family:
+    """How one family is built."""
+
+    prefix: str  # transformers class-name prefix: Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    processor: str  # processor class name
+    template: str | None  # file in TEMPLATES_DIR; None: CHAT_TEMPLATE (Qwen2-VL's)
+
+
+_FAMILIES = {
+    "qwen2_vl": _Family("Qwen2VL", "Qwen2VLProcessor", None),
+    "qwen2_5_vl": _Family("Qwen2_5_VL", "Qwen2_5_VLProcessor", None),
+    "qwen3_vl": _Family("Qwen3VL", "Qwen3VLProcessor", "qwen3_vl_instruct.jinja"),
+    "qwen3_vl_moe": _Family("Qwen3VLMoe", "Qwen3VLProcessor", "qwen3_vl_instruct.jinja"),
+    "qwen3_vl_thinking": _Family("Qwen3VL", "Qwen3VLProcessor", "qwen3_vl_thinking.jinja"),
+    "qwen3_5": _Family("Qwen3_5", "Qwen3VLProcessor", "qwen3_5.jinja"),
+}
+FAMILIES = tuple(_FAMILIES)
+QWEN3_FAMILIES = tuple(family for family in FAMILIES if family.startswith("qwen3"))
 SIZES = ("tiny", "small", "bench")  # "2b" is built by bench/gpu_check.py, on a GPU
 MARKER_FILE = "tiny_checkpoint.json"
 # Files every complete build holds (besides the marker, which is written last).
 REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 # Qwen2-VL's special tokens, in the real tokenizer's id order.
 SPECIAL_TOKENS = (
@@ -43,6 +96,22 @@ SPECIAL_TOKENS = (
     "<|vision_pad|>",
     "<|image_pad|>",
     "<|video_pad|>",
+)
+# Qwen3's added tokens after them (Qwen3-VL: ids 151657-151668; Qwen3.5: 248058-248069), not
+# special: decode(skip_special_tokens=True) keeps them. (Qwen3.5 has audio tokens after these.)
+QWEN3_ADDED_TOKENS = (
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
 )
 BPE_VOCAB_SIZE = 1536
 VOCAB_MULTIPLE = 64  # embedding rows are rounded up, as in the real model (151936 > tokenizer)
@@ -74,6 +143,12 @@ CHAT_TEMPLATE = (
 # minimum; its maximum is larger, this one is the transformers default and keeps the CPU fast).
 IMAGE_MIN_PIXELS = 56 * 56
 IMAGE_MAX_PIXELS = 28 * 28 * 1280
+# Qwen3-VL / Qwen3.5 (preprocessor_config.json): images of at least 256 x 256 pixels (the real
+# minimum) and, to keep the CPU fast, at most 1280 merged tokens like the ones above (the real
+# maximum is 16777216 pixels); videos: the real limits, over all frames.
+QWEN3_IMAGE_MIN_PIXELS = 256 * 256
+QWEN3_IMAGE_MAX_PIXELS = 32 * 32 * 1280
+QWEN3_VIDEO_SIZE = {"shortest_edge": 4096, "longest_edge": 25165824}
 
 _CORPUS = """\
 You are a helpful assistant. Describe this image. What is in this picture? Can you describe
@@ -129,7 +204,10 @@ _OBJECTS = (
 
 @dataclass(frozen=True)
 class _Dims:
-    """Model sizes for one `size`; head_dim = hidden / heads and sum(mrope) = head_dim / 2."""
+    """Model sizes for one `size`; head_dim = hidden / heads and sum(mrope) = head_dim / 2.
+
+    The Qwen3 families derive the rest from these (`_qwen3_head_dim`, `mrope_section`,
+    `_qwen3_5_layers`)."""
 
     hidden: int
     layers: int
@@ -159,18 +237,30 @@ def _corpus() -> list[str]:
     return _CORPUS.splitlines() + list(generated)
 
 
-def build_tokenizer() -> Any:
-    """Train a byte-level BPE like Qwen2's on the built-in corpus and add the special tokens."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+def _tokenizer_class(family: str) -> tuple[Any, str]:
+    """The family's tokenizer class and its pre-tokenizer regex."""
+    if family == "qwen3_5":
+        from transformers import Qwen3_5Tokenizer
+        from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX as regex
+
+        return Qwen3_5Tokenizer, regex
     from transformers import Qwen2Tokenizer  # v5: tokenizers-backed; Qwen2TokenizerFast is an alias
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+    return Qwen2Tokenizer, PRETOKENIZE_REGEX
+
+
+def build_tokenizer(family: str = "qwen2_vl") -> Any:
+    """Train a byte-level BPE like the family's on the built-in corpus, add its special tokens."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer_class, regex = _tokenizer_class(family)
     raw = Tokenizer(models.BPE())
-    # Same normaliser and pre-tokeniser as Qwen2Tokenizer, so training and use split alike.
+    # Same normaliser and pre-tokeniser as the tokenizer class, so training and use split alike.
     raw.normalizer = normalizers.NFC()
     raw.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.Split(Regex(regex), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -183,11 +273,21 @@ def build_tokenizer() -> Any:
     model_json = json.loads(raw.to_str())["model"]
     merges: Any = [tuple(pair) for pair in model_json["merges"]]  # pairs, as the BPE wants
     # Built with <|endoftext|> as eos so it gets the first added id, as in the real tokenizer.
-    tokenizer = Qwen2Tokenizer(vocab=model_json["vocab"], merges=merges)
+    tokenizer = tokenizer_class(vocab=model_json["vocab"], merges=merges)
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    if family in QWEN3_FAMILIES:
+        _add_qwen3_tokens(tokenizer)
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
     return tokenizer
+
+
+def _add_qwen3_tokens(tokenizer: Any) -> None:
+    """Qwen3's added tokens, after the special ones: not special, not normalised (as the real)."""
+    from tokenizers import AddedToken
+
+    added = [AddedToken(t, special=False, normalized=False) for t in QWEN3_ADDED_TOKENS]
+    tokenizer.add_tokens(added)
 
 
 def _text_config(dims: _Dims, vocab_size: int, ids: dict[str, int]) -> dict[str, Any]:
@@ -211,7 +311,88 @@ def _text_config(dims: _Dims, vocab_size: int, ids: dict[str, int]) -> dict[str,
     }
 
 
+def _qwen3_head_dim(dims: _Dims) -> int:
+    """hidden / heads (Qwen3-VL-2B: 128), at least 32, so Qwen3.5's quarter has 4 frequencies."""
+    return max(dims.hidden // dims.heads, 32)
+
+
+def mrope_section(family: str, rotary_dim: int) -> list[int]:
+    """[t, h, w] frequency counts of a Qwen3 family's interleaved MRoPE: sum = rotary_dim // 2.
+
+    Frequency i belongs to h if i % 3 == 1 and i < 3h, to w if i % 3 == 2 and i < 3w, else to t.
+    Qwen3-VL gives h and w 5/16 of them each (real: 128 -> [24, 20, 20]); Qwen3.5 deals them out
+    in turn (real: 64 -> [11, 11, 10]). Wrong sections do not raise, they shift silently.
+    """
+    half = rotary_dim // 2
+    if family == "qwen3_5":
+        return [(half + 2) // 3, (half + 1) // 3, half // 3]
+    spatial = half * 5 // 16
+    return [half - 2 * spatial, spatial, spatial]
+
+
+def _qwen3_5_layers(dims: _Dims) -> dict[str, Any]:
+    """Qwen3.5's layer mix: linear attention (Gated DeltaNet), full attention every 4th and last
+    (generate needs one); linear heads as the real ratio, value heads = 2 x key heads."""
+    full = [(i + 1) % 4 == 0 or i == dims.layers - 1 for i in range(dims.layers)]
+    return {
+        "layer_types": ["full_attention" if f else "linear_attention" for f in full],
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": dims.hidden // dims.heads,
+        "linear_value_head_dim": dims.hidden // dims.heads,
+        "linear_num_key_heads": dims.heads // 2,
+        "linear_num_value_heads": dims.heads,
+    }
+
+
+def _qwen3_text_config(
+    family: str, dims: _Dims, vocab_size: int, ids: dict[str, int]
+) -> dict[str, Any]:
+    head_dim = _qwen3_head_dim(dims)
+    rotary_factor = 0.25 if family == "qwen3_5" else 1.0  # Qwen3.5 rotates a quarter of head_dim
+    rope: dict[str, Any] = {
+        "rope_type": "default",
+        "rope_theta": 10000000.0 if family == "qwen3_5" else 5000000.0,
+        "mrope_section": mrope_section(family, int(head_dim * rotary_factor)),
+        "mrope_interleaved": True,
+    }
+    if family == "qwen3_5":
+        rope["partial_rotary_factor"] = rotary_factor
+    text = {
+        **_text_config(dims, vocab_size, ids),
+        "head_dim": head_dim,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": rope,
+    }
+    del text["max_window_layers"]  # Qwen2's sliding-window setting
+    if family == "qwen3_5":
+        text.update(_qwen3_5_layers(dims))
+    if family == "qwen3_vl_moe":
+        moe = {"num_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 1}
+        text.update(moe, moe_intermediate_size=dims.intermediate // 4)
+    return text
+
+
+def _qwen3_vision_config(family: str, dims: _Dims) -> dict[str, Any]:
+    vision: dict[str, Any] = {
+        "depth": dims.vision_depth,
+        "hidden_size": dims.vision_embed,
+        "intermediate_size": dims.vision_intermediate,
+        "num_heads": dims.vision_heads,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": dims.hidden,  # the merger's output: must be the text width
+        "num_position_embeddings": 2304,  # the real value: a learned 48 x 48 grid (a square)
+    }
+    if family != "qwen3_5":
+        # ViT blocks whose features are added after the first LLM layers (real: 8, 16, 24).
+        vision["deepstack_visual_indexes"] = list(range(min(3, dims.vision_depth)))
+    return vision
+
+
 def _vision_config(family: str, dims: _Dims) -> dict[str, Any]:
+    if family in QWEN3_FAMILIES:
+        return _qwen3_vision_config(family, dims)
     common = {
         "depth": dims.vision_depth,
         "num_heads": dims.vision_heads,
@@ -247,9 +428,13 @@ def build_config(family: str, size: str, tokenizer: Any) -> Any:
     dims = _DIMS[size]
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    config_class = getattr(transformers, f"{_CLASS_PREFIX[family]}Config")
+    if family in QWEN3_FAMILIES:
+        text_config = _qwen3_text_config(family, dims, vocab_size, ids)
+    else:
+        text_config = _text_config(dims, vocab_size, ids)
+    config_class = getattr(transformers, f"{_FAMILIES[family].prefix}Config")
     return config_class(
-        text_config=_text_config(dims, vocab_size, ids),
+        text_config=text_config,
         vision_config=_vision_config(family, dims),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -260,9 +445,38 @@ def build_config(family: str, size: str, tokenizer: Any) -> Any:
     )
 
 
-def build_processor(family: str, tokenizer: Any) -> Any:
-    """The processor: image and video processors with the real defaults, plus the template."""
-    import transformers
+def chat_template(family: str) -> str:
+    """The family's official chat template (for Qwen3: its file without the source comment)."""
+    name = _FAMILIES[family].template
+    if name is None:
+        return CHAT_TEMPLATE
+    return (TEMPLATES_DIR / name).read_text(encoding="utf-8").split("\n", 1)[1]
+
+
+def _qwen3_media_processors() -> tuple[Any, Any]:
+    """Image and video processors as the real Qwen3-VL / Qwen3.5 preprocessor configs."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
+
+    common: dict[str, Any] = {
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": QWEN3_IMAGE_MIN_PIXELS, "longest_edge": QWEN3_IMAGE_MAX_PIXELS},
+        **common,
+    )
+    # do_sample_frames stays True, as the real one: callers passing pre-sampled frames set it
+    # False and give video_metadata with fps and frames_indices (the <t seconds> timestamps).
+    video_processor = Qwen3VLVideoProcessor(
+        size=dict(QWEN3_VIDEO_SIZE), cap_pixels_per_frame=True, **common
+    )
+    return image_processor, video_processor
+
+
+def _qwen2_media_processors() -> tuple[Any, Any]:
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor  # Qwen2.5 uses them too
 
     image_processor = Qwen2VLImageProcessor(
@@ -277,12 +491,23 @@ def build_processor(family: str, tokenizer: Any) -> Any:
         merge_size=2,
         cap_pixels_per_frame=True,  # qwen-vl-utils' per-frame cap; unset, v5 warns on every video
     )
-    processor_class = getattr(transformers, f"{_CLASS_PREFIX[family]}Processor")
+    return image_processor, video_processor
+
+
+def build_processor(family: str, tokenizer: Any) -> Any:
+    """The processor: image and video processors with the real defaults, plus the template."""
+    import transformers
+
+    if family in QWEN3_FAMILIES:
+        image_processor, video_processor = _qwen3_media_processors()
+    else:
+        image_processor, video_processor = _qwen2_media_processors()
+    processor_class = getattr(transformers, _FAMILIES[family].processor)
     return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template(family),
     )
 
 
@@ -305,9 +530,9 @@ def _write_checkpoint(out_dir: Path, marker: dict[str, Any]) -> None:
 
     family, size = marker["family"], marker["size"]
     torch.manual_seed(marker["seed"])
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(family)
     config = build_config(family, size, tokenizer)
-    model_class = getattr(transformers, f"{_CLASS_PREFIX[family]}ForConditionalGeneration")
+    model_class = getattr(transformers, f"{_FAMILIES[family].prefix}ForConditionalGeneration")
     model = model_class(config).to(torch.float32).eval()
     model.generation_config = build_generation_config(tokenizer)
     model.save_pretrained(out_dir)
@@ -316,8 +541,12 @@ def _write_checkpoint(out_dir: Path, marker: dict[str, Any]) -> None:
 
 
 def _builder_digest() -> str:
-    """Hash of this file: an edited builder invalidates checkpoints cached by earlier versions."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    """Hash of this file and the templates: an edited builder invalidates checkpoints cached by
+    earlier versions."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted(TEMPLATES_DIR.glob("*.jinja")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _read_marker(out_dir: Path) -> dict[str, Any] | None:
@@ -338,7 +567,7 @@ def build_tiny_checkpoint(
 ) -> Path:
     """Build a random checkpoint into `out_dir` and return it; a no-op if already built alike.
 
-    family: "qwen2_vl" or "qwen2_5_vl"; size: "tiny" (tests) or "small" (benchmarks). Raises
+    family: one of FAMILIES; size: "tiny" (tests), "small" or "bench" (benchmarks). Raises
     FileExistsError rather than replace a non-empty folder this module did not write.
     """
     if family not in FAMILIES:
@@ -378,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: build a checkpoint and print its folder."""
     parser = argparse.ArgumentParser(
         prog="python -m app.tiny_checkpoint",
-        description="Build a tiny random Qwen2-VL checkpoint offline (for tests and UI tries).",
+        description="Build a tiny random Qwen2-VL, Qwen3-VL or Qwen3.5 checkpoint offline "
+        "(for tests and UI tries).",
     )
     parser.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_vl")

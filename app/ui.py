@@ -20,6 +20,7 @@ Choices:
 
 from __future__ import annotations
 
+import html
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -154,7 +155,7 @@ def setting_component(spec: Field, value: Any, settings: Settings) -> gr.Compone
     if spec.kind is str:
         return components.Textbox(lines=2, placeholder=t("system_prompt_placeholder"), **common)
     if spec.kind is bool:
-        return components.Checkbox(**common)
+        return components.Checkbox(visible=spec.name != "enable_thinking", **common)
     if spec.step is not None and low is not None and high is not None:
         return components.Slider(low, high, step=spec.step, **common)
     return components.Number(precision=0 if spec.kind is int else None, **common)
@@ -166,11 +167,13 @@ def settings_inputs(settings: Settings, values: dict[str, Any]) -> list[gr.Compo
 
 
 def render_settings(inputs: list[gr.Component]) -> None:
-    """The Settings accordion: prompt options, then the numbers two by two (one on a phone)."""
+    """The Settings accordion: text and switches, then the numbers two by two (one on a phone)."""
+    numbers = [c for c, spec in zip(inputs, FIELDS, strict=True) if spec.kind in (int, float)]
     with gr.Accordion(t("settings"), open=False, elem_id="settings"):
-        inputs[0].render()
-        inputs[1].render()
-        for pair in zip(inputs[2::2], inputs[3::2], strict=True):
+        for component in inputs:
+            if component not in numbers:
+                component.render()
+        for pair in zip(numbers[::2], numbers[1::2], strict=True):
             with gr.Row():
                 for component in pair:
                     component.render()
@@ -195,13 +198,15 @@ def examples() -> tuple[list[list[dict[str, Any]]], list[str]]:
     return [[message] for message in messages], labels
 
 
-def render_header() -> None:
+def render_header(title: str) -> None:
+    """Logo, the loaded model's name, what the demo does, the licence note."""
     with gr.Row(elem_id="header"):
         gr.HTML(
             f'<img src="gradio_api/file={LOGO}" alt="" width="56" height="56">',
             elem_id="header-logo",
         )
         with gr.Column(elem_id="header-text", scale=1, min_width=0):
+            gr.Markdown(f"# {html.escape(title)}", elem_id="model-name")
             gr.Markdown(t("header"))
             gr.Markdown(t("license"), elem_id="license")
 
@@ -283,7 +288,7 @@ def with_api_signature(function: Callable[..., Any], values: dict[str, Any]) -> 
 def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole page; `launch()` is the caller's."""
     shared = Shared(Admission(settings.max_chats_per_client))
-    values = defaults(settings, engine.generation_defaults)
+    values = defaults(settings, engine.generation_defaults, engine.prompt_format.thinks)
 
     def chat_in_ui(
         message: dict, history: list[dict], request: gr.Request, *settings_values: Any
@@ -326,17 +331,18 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         for update in api_answer(args):
             yield update.details(), update.drawing
 
-    def show_status() -> tuple[Any, gr.MultimodalTextbox, gr.Timer]:
+    def show_status() -> tuple[Any, gr.MultimodalTextbox, gr.Checkbox, gr.Timer]:
         status = engine.status()
         ready = status.state == "ready"
         textbox = gr.MultimodalTextbox(
             interactive=ready, placeholder=t("placeholder" if ready else "placeholder_loading")
         )
+        thinking = gr.Checkbox(visible=ready and engine.prompt_format.thinking_switch)
         text = t(STATUS_KEYS[status.state]) + " · " + status.message
-        return text, textbox, gr.Timer(active=status.state == "loading")
+        return text, textbox, thinking, gr.Timer(active=status.state == "loading")
 
-    with Page(title="Qwen2-VL") as demo:
-        render_header()
+    with Page(title=settings.model_title) as demo:
+        render_header(settings.model_title)
         status = gr.Markdown(elem_id="engine-status")
         # Page order: the chat, its settings, the conversation file; filled in below, as the
         # ChatInterface needs the settings already placed (else it adds its own accordion).
@@ -356,7 +362,8 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             values,
         )
         timer = gr.Timer(0.5)
-        outputs = [status, chat.textbox, timer]
+        thinking = inputs[NAMES.index("enable_thinking")]  # shown for templates with the switch
+        outputs = [status, chat.textbox, thinking, timer]
         timer.tick(show_status, None, outputs, api_visibility="private")
         demo.load(show_status, None, outputs, api_visibility="private")
     return demo

@@ -92,7 +92,12 @@ def launch_demo(engine, settings, wait: bool = True):
     return demo
 
 
-def scripted_checkpoint(base: Path, out: Path, answers: Mapping[str, str]) -> Path:
+def scripted_checkpoint(
+    base: Path,
+    out: Path,
+    answers: Mapping[str, str],
+    generation_prompt: str = "<|im_start|>assistant\n",
+) -> Path:
     """A copy of a tiny random checkpoint whose generation config scripts its answers.
 
     Its `generation_config.json` sets `sequence_bias` (applied inside `generate`, so the real
@@ -109,7 +114,7 @@ def scripted_checkpoint(base: Path, out: Path, answers: Mapping[str, str]) -> Pa
     bias: list[list[Any]] = [[[token], SUPPRESS] for token in ends]
     for question, answer in answers.items():
         prompt = tokenizer.encode(
-            f"{question}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
+            f"{question}<|im_end|>\n{generation_prompt}", add_special_tokens=False
         )
         tokens = tokenizer.encode(answer + "<|im_end|>", add_special_tokens=False)
         bias += [[prompt + tokens[: i + 1], FORCE] for i in range(len(tokens))]

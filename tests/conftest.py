@@ -30,6 +30,9 @@ CACHE = Path(
 HEAVY_FIXTURES = {
     "tiny_checkpoint": "model",
     "tiny_checkpoint_25": "model",
+    "tiny_checkpoint_3": "model",
+    "tiny_checkpoint_35": "model",
+    "tiny_checkpoint_thinking": "model",
     "loaded": "model",  # tests/test_tiny_checkpoint.py: each family's model, loaded
     "app": "server",
     "served": "server",
@@ -75,6 +78,24 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint_25() -> Path:
     return build_tiny_checkpoint(CACHE / "tiny-qwen2_5-vl", family="qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_3() -> Path:
+    """Qwen3-VL (Instruct template; patch 16, so images are resized to multiples of 32)."""
+    return build_tiny_checkpoint(CACHE / "tiny-qwen3-vl", family="qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_35() -> Path:
+    """Qwen3.5 (linear-attention layers; thinking template with the enable_thinking switch)."""
+    return build_tiny_checkpoint(CACHE / "tiny-qwen3_5", family="qwen3_5")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_thinking() -> Path:
+    """Qwen3-VL with the Thinking template: prompts end in "<think>\\n" (greedy decoding)."""
+    return build_tiny_checkpoint(CACHE / "tiny-qwen3-vl-thinking", family="qwen3_vl_thinking")
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from PIL import Image
 from app.admission import Admission, Caller
 from app.chat import ERROR_TITLE, Shared, answer, format_stats, respond
 from app.config import Settings
-from app.engine import ChatRequest, Delta, EngineStatus, GenerationOptions
+from app.engine import QWEN2_FORMAT, ChatRequest, Delta, EngineStatus, GenerationOptions
 from app.errors import UserFacingError
 from app.media import QWEN2_VL
 from app.messages import TEMPLATE_TOKENS, is_notice
@@ -31,6 +31,7 @@ class ScriptedEngine:
     geometry = QWEN2_VL
     template_tokens = TEMPLATE_TOKENS
     generation_defaults: dict = {}
+    prompt_format = QWEN2_FORMAT
 
     def __init__(self, *script: Delta | BaseException) -> None:
         self.script = script or (Delta("Hello", 1), Delta(" there", 1), Delta("!", 1))

@@ -420,3 +420,30 @@ def test_deeply_nested_json_in_an_answer_never_raises():
     nested = '{"a": ' * 3000 + "1" + "}" * 3000  # valid JSON, too deep for json.loads
     assert parse_boxes(nested, "qwen3_vl") == []
     assert display_text(nested) == nested
+
+
+def test_qwen3_points_are_parsed_and_drawn_as_dots():
+    from app.grounding import Grounding
+
+    [point] = parse_boxes('[{"point_2d": [500, 250], "label": "cup"}]', "qwen3_vl")
+    assert point.is_point and (point.x1, point.y1) == (0.5, 0.25)
+    found = Grounding(1, "table.png", (200, 100), (point,))
+    assert found.pixel_boxes() == [{"label": "cup", "point": [100, 25]}]
+    drawn = draw_boxes(Image.new("RGB", (200, 100), "white"), [point])
+    assert drawn.getpixel((100, 25)) != (255, 255, 255), "a dot at the point"
+
+
+def test_the_box_goes_on_the_picture_the_answer_names():
+    from types import SimpleNamespace
+
+    from app.grounding import locate
+
+    def picture(name: str) -> SimpleNamespace:
+        return SimpleNamespace(name=name, header=SimpleNamespace(width=100, height=50),
+                               fed_size=(112, 56))  # fmt: skip
+
+    images = [picture("a.png"), picture("b.png"), picture("c.png")]
+    raw = 'In Picture 2: {"bbox_2d": [0, 0, 500, 500], "label": "dog"}'
+    assert locate(raw, "qwen3_vl", images).name == "b.png"
+    assert locate(raw.replace("Picture 2", "the photo"), "qwen3_vl", images).name == "c.png"
+    assert locate(raw.replace("Picture 2", "Picture 7"), "qwen3_vl", images).name == "c.png"

@@ -472,3 +472,19 @@ def test_the_app_answers_through_the_remote_backend(served, tmp_path):
     finally:
         demo.close()
         engine.close()
+
+
+def test_a_servers_reasoning_comes_back_inside_think_tags():
+    chunks = [
+        {"choices": [{"delta": {"reasoning": "Fur and "}}]},
+        {"choices": [{"delta": {"reasoning_content": "whiskers."}}]},  # transformers serve
+        {"choices": [{"delta": {"content": "A cat."}}]},
+    ]
+    text = "".join(d.text for d in parse_stream(sse(*chunks)))
+    assert text == "<think>Fur and whiskers.</think>A cat."
+
+
+def test_thinking_off_is_asked_of_the_server_template():
+    body = chat_body("m", [], GenerationOptions(), enable_thinking=False)
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "chat_template_kwargs" not in chat_body("m", [], GenerationOptions())

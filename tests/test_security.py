@@ -277,7 +277,7 @@ def test_a_job_whose_stream_is_never_read_never_reaches_the_engine(app, caplog):
     before = len(recording.requests)
     for _ in range(3):
         body = {
-            "data": [{"text": "ghost", "files": []}, [], *[None] * 12],
+            "data": [{"text": "ghost", "files": []}, [], *[None] * (len(dependency["inputs"]) - 2)],
             "fn_index": dependency["id"],
             "session_hash": uuid.uuid4().hex[:12],
         }

@@ -17,10 +17,10 @@ from gradio_client import Client
 from PIL import Image
 
 from app.config import Settings
-from app.engine import EngineStatus, GenerationOptions
+from app.engine import QWEN2_FORMAT, EngineStatus, GenerationOptions
 from app.i18n import EN, GRADIO_ZH, TRANSLATIONS, ZH, key
 from app.messages import conversation_messages
-from app.options import FIELDS, NAMES, chat_options
+from app.options import FIELDS, chat_options
 from app.ui import (
     ASSETS,
     EXAMPLES,
@@ -39,7 +39,10 @@ def client(app) -> Client:
 
 def stub_engine(state: str = "ready") -> SimpleNamespace:
     return SimpleNamespace(
-        family="qwen2_vl", status=lambda: EngineStatus(state, "stub"), generation_defaults={}
+        family="qwen2_vl",
+        status=lambda: EngineStatus(state, "stub"),
+        generation_defaults={},
+        prompt_format=QWEN2_FORMAT,
     )
 
 
@@ -200,7 +203,8 @@ def test_an_exported_chat_imports_as_a_new_conversation(tmp_path):
 
 def test_the_settings_are_upper_bounded_by_the_server_flags():
     settings = replace(Settings(), min_pixels=784, max_pixels=4000, max_frames=8)
-    values = ("", True, 10, 0.0, 1.0, 0, 1.0, -1, 5000, 10**9, 2.0, 64)
-    options = chat_options(dict(zip(NAMES, values, strict=True)), settings)
+    values = {"max_new_tokens": 10, "seed": -1, "min_pixels": 5000, "max_pixels": 10**9,
+              "max_frames": 64}  # fmt: skip
+    options = chat_options(values, settings)
     assert (options.media.max_pixels, options.media.min_pixels) == (4000, 4000)
     assert options.media.max_frames == 8 and options.generation.seed is None

@@ -31,6 +31,7 @@ __all__ = [
     "EngineStatus",
     "Family",
     "GenerationOptions",
+    "PromptFormat",
     "create_engine",
 ]
 
@@ -69,6 +70,7 @@ class ChatRequest:
     options: GenerationOptions = field(default_factory=GenerationOptions)
     add_vision_id: bool = False
     client: str = ""
+    enable_thinking: bool = True  # for templates with that switch (Qwen3.5)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,29 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class PromptFormat:
+    """What the loaded model's chat template writes around the messages (for the token budget
+    and the thinking display): the default system turn (Qwen2-VL's "You are a helpful
+    assistant.", none for Qwen3), the generation prompt (it opens a `<think>` block for thinking
+    models), whether videos get per-frame-pair times (Qwen3-VL), and whether the template has
+    an `enable_thinking` switch."""
+
+    default_system: str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    generation_prompt: str = "<|im_start|>assistant\n"
+    video_times: bool = False
+    thinking_switch: bool = False
+
+    @property
+    def thinks(self) -> bool:
+        """Whether answers start inside a `<think>` block (the template opened it)."""
+        return self.generation_prompt.rstrip().endswith("<think>")
+
+
+QWEN2_FORMAT = PromptFormat()
+QWEN3_FORMAT = PromptFormat(default_system="", video_times=True)
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     state: Literal["loading", "ready", "failed"]
     message: str = ""
@@ -101,6 +126,9 @@ class Engine(Protocol):
     geometry: Geometry
     template_tokens: Sequence[str]
     generation_defaults: Mapping[str, float]  # the checkpoint's sampling settings, if known
+
+    @property
+    def prompt_format(self) -> PromptFormat: ...
 
     def status(self) -> EngineStatus: ...
 

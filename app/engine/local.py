@@ -24,16 +24,29 @@ from transformers import (
 )
 
 from app.config import Settings
-from app.engine import ChatRequest, CheckpointNotFound, Delta, EngineStatus, Family
+from app.engine import (
+    ChatRequest,
+    CheckpointNotFound,
+    Delta,
+    EngineStatus,
+    Family,
+    PromptFormat,
+)
 from app.engine.prefix_cache import PrefixCache, supports_prefix_cache
 from app.engine.worker import CountingStreamer, Job, ModelWorker, read_job
 from app.errors import UserFacingError
 from app.grounding import family_of
-from app.media import QWEN2_VL, Geometry, ImageInput, VideoInput
+from app.media import Geometry, ImageInput, VideoInput
 from app.messages import TEMPLATE_TOKENS, media_of
 from app.options import generation_defaults
 
 log = logging.getLogger(__name__)
+
+MILLISECONDS = 1000
+# The chat template writes a video like an image. Qwen3-VL's processor (transformers 5.24) only
+# replaces the pad, which would leave these markers around its own per-group markers and times,
+# a layout the model was not trained on: it gets the bare pad instead.
+VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
 def choose_attention(want_flash: bool, cuda: bool, flash_installed: bool) -> tuple[str, str]:
@@ -78,6 +91,20 @@ def processor_geometry(processor: Any) -> Geometry:
     )
 
 
+def template_format(processor: Any) -> PromptFormat:
+    """What the loaded chat template writes around the messages, read from a rendered probe."""
+    probe = [{"role": "user", "content": [{"type": "text", "text": "X"}]}]
+    bare = processor.apply_chat_template(probe, tokenize=False)
+    prompt = processor.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    user_turn = "<|im_start|>user\nX<|im_end|>\n"
+    return PromptFormat(
+        default_system=bare[: bare.index(user_turn)] if user_turn in bare else "",
+        generation_prompt=prompt[len(bare) :],
+        video_times=writes_timestamps(processor),
+        thinking_switch="enable_thinking" in str(processor.chat_template or ""),
+    )
+
+
 def special_tokens(tokenizer: Any) -> tuple[str, ...]:
     """Every special token of the loaded tokenizer (those the chat template may write)."""
     added = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
@@ -91,13 +118,15 @@ class LocalEngine:
         self.settings = settings
         self.config = check_checkpoint(settings.checkpoint_path)
         self.family: Family = family_of(self.config.model_type)
-        self.geometry: Geometry = QWEN2_VL
-        self.template_tokens: Sequence[str] = TEMPLATE_TOKENS
+        # The processor (small) loads now: the page's settings depend on its template.
+        self.processor: Any = load_processor(settings.checkpoint_path)
+        self.geometry: Geometry = processor_geometry(self.processor)
+        self.template_tokens: Sequence[str] = special_tokens(self.processor.tokenizer)
+        self.prompt_format: PromptFormat = template_format(self.processor)
         self.generation_defaults: Mapping[str, float] = generation_defaults(
             checkpoint_generation_config(settings)
         )
         self._status = EngineStatus("loading", f"Loading {settings.model_name}…")
-        self.processor: Any = None
         self.model: Any = None
         self._worker: ModelWorker | None = None
 
@@ -117,9 +146,7 @@ class LocalEngine:
 
     def _load(self) -> None:
         try:
-            self.model, self.processor = load_model(self.settings, self.zero_gpu())
-            self.geometry = processor_geometry(self.processor)
-            self.template_tokens = special_tokens(self.processor.tokenizer)
+            self.model = load_model(self.settings, self.zero_gpu())
             self._serve()
             self._status = EngineStatus("ready", f"{self.settings.model_name} is ready.")
         except Exception as exc:
@@ -136,11 +163,13 @@ class LocalEngine:
 
     def encode(self, request: ChatRequest) -> dict[str, Any]:
         """Model inputs for a request: chat template, the media decoded, image/video tensors."""
+        switch = {"enable_thinking": request.enable_thinking}
         prompt = self.processor.apply_chat_template(
             list(request.messages),
             tokenize=False,
             add_generation_prompt=True,
             add_vision_id=request.add_vision_id,
+            **(switch if self.prompt_format.thinking_switch else {}),
         )
         decoded = [media.decode() for media in media_of(request.messages)]
         return processor_inputs(self.processor, prompt, decoded)
@@ -200,18 +229,48 @@ def processor_inputs(
         kwargs["images"] = images
         kwargs["images_kwargs"] = {"do_resize": False}
     if videos:
-        # Pre-sampled frames: the rate goes in video_metadata (a plain fps= is ignored for frame
-        # lists, and Qwen2.5-VL's temporal positions would assume 24 fps).
         kwargs["videos"] = [video.frames for video in videos]
-        kwargs["video_metadata"] = [
-            {"total_num_frames": len(video.frames), "fps": video.fps} for video in videos
-        ]
+        kwargs["video_metadata"] = [video_metadata(video) for video in videos]
         kwargs["videos_kwargs"] = {"do_resize": False, "do_sample_frames": False}
+    if writes_timestamps(processor):
+        prompt = prompt.replace(VIDEO_PLACEHOLDER, "<|video_pad|>")
+        kwargs["text"] = [prompt]
     return dict(processor(**kwargs))
 
 
-def load_model(settings: Settings, zero_gpu: bool = False) -> tuple[Any, Any]:
-    """Model and processor: bf16 on the GPU (`dtype="auto"`), float32 on the CPU.
+def video_metadata(video: VideoInput) -> dict[str, Any]:
+    """What the processor is told of pre-sampled frames, in milliseconds.
+
+    Frame i was decoded at `frames_indices[i] / fps` seconds (Qwen3-VL writes these times into
+    the prompt, `<1.2 seconds>`), and the sampled rate, `len(frames_indices) / total_num_frames
+    * fps`, is the real one (Qwen2.5-VL's temporal positions come from it). A plain `fps=` is
+    ignored for frame lists, and without these Qwen2.5-VL would assume 24 fps.
+    """
+    return {
+        "fps": MILLISECONDS,
+        "frames_indices": [round(t * MILLISECONDS) for t in video.timestamps],
+        "total_num_frames": max(1, round(video.duration * MILLISECONDS)),
+        "duration": video.duration,
+    }
+
+
+def writes_timestamps(processor: Any) -> bool:
+    """Qwen3-VL's processor: each pair of frames gets its own `<t seconds>` and markers."""
+    return hasattr(processor, "_calculate_timestamps")
+
+
+def load_processor(path: str) -> Any:
+    """The checkpoint's processor (tokenizer, image and video processors, chat template)."""
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointNotFound(
+            f"cannot load the processor of {path!r} ({exc.__class__.__name__}: {exc})."
+        ) from None
+
+
+def load_model(settings: Settings, zero_gpu: bool = False) -> Any:
+    """The model: bf16 on the GPU (`dtype="auto"`), float32 on the CPU.
 
     On ZeroGPU the weights are moved with `.to("cuda")` at load time, as ZeroGPU expects.
     """
@@ -231,5 +290,4 @@ def load_model(settings: Settings, zero_gpu: bool = False) -> tuple[Any, Any]:
     ).eval()
     if zero_gpu:
         model.to("cuda")
-    processor = AutoProcessor.from_pretrained(settings.checkpoint_path)
-    return model, processor
+    return model

@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -47,15 +48,20 @@ from app.config import VIDEO_FORMATS
 from app.engine import (
     END_MARKERS,
     HEARTBEAT_SECONDS,
+    QWEN2_FORMAT,
+    QWEN3_FORMAT,
     ChatRequest,
     Delta,
     EngineStatus,
     GenerationOptions,
+    PromptFormat,
 )
 from app.errors import UserFacingError
 from app.grounding import Family, family_of
 from app.media import QWEN2_VL, Geometry, ImageInput, VideoInput
 from app.messages import TEMPLATE_TOKENS
+from app.thinking import CLOSE as THINK_CLOSE
+from app.thinking import OPEN as THINK_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +74,14 @@ RECHECK_SECONDS = 5.0  # how often status() asks again while the server is not r
 JPEG_QUALITY = 90
 MAX_ERROR_CHARS = 300  # a server's error message is cut to this length for the chat
 # Fields a server may reject as unknown; the request is retried once without the ones it names.
-OPTIONAL_FIELDS = ("skip_special_tokens", "top_k", "repetition_penalty", "stream_options", "seed")
+OPTIONAL_FIELDS = (
+    "skip_special_tokens",
+    "top_k",
+    "repetition_penalty",
+    "stream_options",
+    "seed",
+    "chat_template_kwargs",
+)
 _CLOSE = {"Connection": "close"}
 _REJECTION = re.compile(
     r"unexpected|unknown|unrecognized|extra|not permitted|not allowed|unsupported", re.IGNORECASE
@@ -146,6 +159,7 @@ def chat_body(
     messages: list[dict[str, Any]],
     options: GenerationOptions,
     omit: Iterable[str] = (),
+    enable_thinking: bool = True,
 ) -> dict[str, Any]:
     """The JSON body of a streamed chat completion; `omit` names fields the server rejected."""
     body: dict[str, Any] = {
@@ -164,6 +178,8 @@ def chat_body(
         body["repetition_penalty"] = options.repetition_penalty
     if options.seed is not None:
         body["seed"] = options.seed
+    if not enable_thinking:  # vLLM and SGLang hand these to the chat template (Qwen3.5's switch)
+        body["chat_template_kwargs"] = {"enable_thinking": False}
     for name in omit:
         body.pop(name, None)
     return body
@@ -224,9 +240,12 @@ def _strip_end_markers(text: str) -> str:
 def parse_stream(lines: Iterable[str]) -> Iterator[Delta]:
     """Deltas from the lines of a chat-completions event stream (one token per content chunk).
 
-    When the server reports usage at the end, a last text-less Delta makes the token count match.
+    A server's reasoning (vLLM's `reasoning`, or the older `reasoning_content` that transformers
+    serve still sends) comes back inside `<think>…</think>`, as a thinking model writes it
+    locally. When the server reports usage at the end, a last text-less Delta makes the token
+    count match.
     """
-    counted, usage = 0, None
+    counted, usage, reasoning = 0, None, False
     for line in lines:
         if not line.startswith("data:"):
             continue  # blank lines, ": keep-alive" comments, event names
@@ -243,10 +262,17 @@ def parse_stream(lines: Iterable[str]) -> Iterator[Delta]:
             raise UserFacingError(f"The model server failed: {_trim(error_text(chunk))}")
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or ():  # vLLM's last chunk has usage and no choices
-            text = _strip_end_markers((choice.get("delta") or {}).get("content") or "")
+            delta = choice.get("delta") or {}
+            thought = delta.get("reasoning") or delta.get("reasoning_content") or ""
+            text = _strip_end_markers(delta.get("content") or "")
+            if thought:
+                counted += 1
+                yield Delta(text=("" if reasoning else THINK_OPEN) + thought, tokens=1)
+                reasoning = True
             if text:
                 counted += 1
-                yield Delta(text=text, tokens=1)
+                yield Delta(text=(THINK_CLOSE if reasoning else "") + text, tokens=1)
+                reasoning = False
     total = usage.get("completion_tokens") if isinstance(usage, dict) else None
     if isinstance(total, int) and total > counted:
         yield Delta(tokens=total - counted)
@@ -318,6 +344,15 @@ class OpenAIEngine:
 
     def close(self) -> None:
         self._client.close()
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """The served model's template, by its family (the server's tokenizer is not here)."""
+        if self.family != "qwen3_vl":
+            return QWEN2_FORMAT
+        if "thinking" in (self.model or "").lower():  # e.g. Qwen3-VL-8B-Thinking
+            return replace(QWEN3_FORMAT, generation_prompt="<|im_start|>assistant\n<think>\n")
+        return QWEN3_FORMAT
 
     def status(self) -> EngineStatus:
         """Ready once /v1/models answered; until then asked again every RECHECK_SECONDS.
@@ -430,7 +465,7 @@ class OpenAIEngine:
         """Sends the request (again without the fields the server rejects) and reads the answer."""
         model = self._model_name()
         messages = to_openai_messages(request.messages, request.add_vision_id, self.video_format)
-        body = chat_body(model, messages, request.options, omit=self._omit)
+        body = chat_body(model, messages, request.options, self._omit, request.enable_thinking)
         url = f"{self.api_base}/chat/completions"
         for attempt in range(2):
             if call.stopped.is_set():
@@ -455,7 +490,7 @@ class OpenAIEngine:
                 raise UserFacingError(self._refused(response.status_code, reason))
             log.warning("%s rejects %s; sending requests without them", url, sorted(rejected))
             self._omit = self._omit | rejected
-            body = chat_body(model, messages, request.options, omit=self._omit)
+            body = chat_body(model, messages, request.options, self._omit, request.enable_thinking)
 
     def _read(self, response: httpx.Response) -> Iterator[Delta]:
         kind = response.headers.get("content-type", "")

@@ -81,6 +81,7 @@ class VideoPlan:
     size: tuple[int, int]  # (width, height) of each sampled frame, as stored (before rotation)
     fps: float  # sampled frames per second of video
     duration: float
+    times: tuple[float, ...] = ()  # the seconds of each planned frame
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ def plan_video(
     n = frame_count(header.frames, header.duration, limits, geometry)
     size = frame_size(header.width, header.height, n, limits, name, geometry)
     indices = tuple(sample_indices(header.frames, n))
-    return VideoPlan(indices, size, fps=n / header.duration, duration=header.duration)
+    times = tuple(header.seconds(i) for i in indices)
+    return VideoPlan(indices, size, n / header.duration, header.duration, times)
 
 
 # --- decoding ---------------------------------------------------------------------------------
