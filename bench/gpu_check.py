@@ -2,13 +2,17 @@
 
 Builds a randomly initialised model with the 2B's shape and vocabulary on the GPU, saves it,
 loads it through the demo's real path (LocalEngine: dtype="auto", device_map="auto",
---flash-attn2 if flash_attn imports), then streams --tokens tokens for one image prompt
-through the engine and through raw `generate`, and prints both tokens/s. The Qwen2-VL README
-reports 35.3 tokens/s for the 2B in BF16 on an A100. Random weights never emit EOS, so both
-runs generate exactly --tokens tokens; token ids outside the small test tokenizer decode to
-nothing, which only changes the text, not the work.
+--flash-attn2 if flash_attn imports), then measures, all in one run:
+1. one image prompt, --tokens tokens, through the engine and through raw `generate` (the
+   Qwen2-VL README reports 35.3 tokens/s for the 2B in BF16 on an A100);
+2. a batch: --batch requests at once through the engine, tokens/s together vs one alone;
+3. a 64-frame video prompt: its first-token time;
+4. the prefix cache: a 4-turn conversation about that video, first-token time of each turn
+   with and without the kept KV cache (bench/turns.py), and whether the answers are the same.
+Random weights never emit EOS, so every run generates exactly its tokens; token ids outside
+the small test tokenizer decode to nothing, which only changes the text, not the work.
 
-    python bench/gpu_check.py [--tokens 256] [--shape 2b|bench] [--flash-attn2]
+    python bench/gpu_check.py [--tokens 256] [--shape 2b|bench|tiny] [--flash-attn2]
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import argparse
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -36,6 +42,7 @@ from app.tiny_checkpoint import (
     build_processor,
     build_tokenizer,
 )
+from bench import turns
 from bench.overhead import _Clock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +69,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--shape", default="2b", choices=("2b", "bench", "tiny"))
     parser.add_argument("--flash-attn2", action="store_true")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=4)
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -106,6 +115,42 @@ def main() -> None:
                 f"{label:13s}: {tokens} tokens, TTFT {(first - start) * 1000:.0f} ms, "
                 f"{rate:.1f} tokens/s after the first (README: 35.3 tok/s, 2B BF16, A100)"
             )
+    batch(engine, image, args)
+    video_and_turns(engine, args)
+
+
+def batch(engine: LocalEngine, image: Any, args: argparse.Namespace) -> None:
+    """--batch different requests at once (one picture, different questions) vs one alone."""
+
+    def ask(index: int) -> int:
+        question = [{"type": "image", "image": image}, {"type": "text", "text": f"Q{index}?"}]
+        request = ChatRequest(
+            [{"role": "user", "content": question}],
+            GenerationOptions(max_new_tokens=args.tokens),
+            client=f"b{index}",
+        )
+        return engine_run(engine, request)[2]  # fmt: skip
+
+    start = time.perf_counter()
+    alone = ask(0) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.batch) as pool:
+        together = sum(pool.map(ask, range(1, args.batch + 1))) / (time.perf_counter() - start)
+    print(f"batch of {args.batch}  : {together:.1f} tokens/s together vs {alone:.1f} alone "
+          f"= {together / alone:.2f}x")  # fmt: skip
+
+
+def video_and_turns(engine: LocalEngine, args: argparse.Namespace) -> None:
+    """A 64-frame video's first token, then follow-ups with and without the kept cache."""
+    video = turns.media("video", frames=64)
+    print(f"video        : 64 frames, {video['video'].tokens} visual tokens")
+    twin = turns.uncached_twin(engine)
+    for turn, (cold, warm, reused, prompt, same) in enumerate(
+        turns.conversation(engine, twin, video, args), 1
+    ):
+        print(f"turn {turn}       : prompt {prompt} tokens, {reused} from the cache; TTFT "
+              f"{cold * 1000:.0f} ms uncached, {warm * 1000:.0f} ms cached = {warm / cold:.2f}x; "
+              f"same answer: {'yes' if same else 'no'}")  # fmt: skip
 
 
 def engine_run(engine: LocalEngine, request: ChatRequest) -> tuple[float, float, int]:

@@ -38,13 +38,17 @@ def engines(checkpoint: Path) -> tuple[LocalEngine, LocalEngine]:
     """One loaded model behind two workers: with a prefix cache, and without."""
     settings = Settings(checkpoint_path=str(checkpoint), cpu_only=True, prefix_cache_mb=1024)
     cached = LocalEngine(settings).start(background=False)
-    uncached = LocalEngine(settings)
-    uncached.model, uncached.processor = cached.model, cached.processor
-    uncached.geometry, uncached.template_tokens = cached.geometry, cached.template_tokens
-    pad = cached.processor.tokenizer.pad_token_id
-    uncached._worker = ModelWorker(cached.model, pad, 1, prefix_cache(cached.model, 0))
-    uncached._status = cached.status()
-    return cached, uncached
+    return cached, uncached_twin(cached)
+
+
+def uncached_twin(engine: LocalEngine) -> LocalEngine:
+    """An engine on the same loaded model whose worker keeps no KV caches."""
+    twin = LocalEngine(engine.settings)
+    twin.model = engine.model
+    pad = engine.processor.tokenizer.pad_token_id
+    twin._worker = ModelWorker(engine.model, pad, 1, prefix_cache(engine.model, 0))
+    twin._status = engine.status()
+    return twin
 
 
 def ask(engine: LocalEngine, messages: list[dict], tokens: int) -> tuple[float, str, int]:
@@ -61,20 +65,23 @@ def ask(engine: LocalEngine, messages: list[dict], tokens: int) -> tuple[float, 
     return first, text, cached
 
 
-def media(kind: str) -> dict:
+def media(kind: str, frames: int = 32) -> dict:
+    """A 448x448 picture, or a 16-second 336x336 video sampled to `frames` frames."""
     folder = new_folder("bench")  # a trusted folder (app.trust)
     if kind == "picture":
         path = folder / "picture.png"
         Image.effect_mandelbrot((448, 448), (-2, -1.5, 1, 1.5), 100).convert("RGB").save(path)
     else:
         path = write_video(folder / "clip.mp4", size=(336, 336), frames=64, rate=4, gop=8)
-    item = prepare(path, MediaLimits(max_frames=32))
+    item = prepare(path, MediaLimits(max_frames=frames, video_fps=4.0))
     return {"type": item.kind, item.kind: item}
 
 
-def conversation(cached: LocalEngine, uncached: LocalEngine, kind: str, args) -> list[tuple]:
-    """Per turn: (uncached TTFT, cached TTFT, cached tokens, prompt tokens)."""
-    first = {"role": "user", "content": [media(kind), {"type": "text", "text": "Describe it."}]}
+def conversation(
+    cached: LocalEngine, uncached: LocalEngine, first_part: dict, args: argparse.Namespace
+) -> list[tuple]:
+    """Per turn: (uncached TTFT, cached TTFT, cached tokens, prompt tokens, same answers)."""
+    first = {"role": "user", "content": [first_part, {"type": "text", "text": "Describe it."}]}
     history: dict[str, list[dict]] = {"cached": [first], "uncached": [first]}
     rows = []
     for turn in range(args.turns):
@@ -103,7 +110,7 @@ def main() -> None:
         print(f"\n{kind}: {args.turns} turns, {args.tokens} tokens each (bench checkpoint, CPU)")
         print("turn | prompt tokens | from cache | TTFT uncached | TTFT cached | ratio | same")
         for turn, (cold, warm, reused, prompt, same) in enumerate(
-            conversation(cached, uncached, kind, args), 1
+            conversation(cached, uncached, media(kind), args), 1
         ):
             print(
                 f"{turn:4d} | {prompt:13d} | {reused:10d} | {cold * 1000:10.0f} ms | "

@@ -186,14 +186,15 @@ class LocalEngine:
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
         self._require_ready()
         assert self._worker is not None
-        job = Job(
-            self.encode(request),
-            request.options,
-            CountingStreamer(self.processor.tokenizer),
-            scope=request.client,
-            media_keys=[(media.digest, media.plan) for media in media_of(request.messages)],
-        )
-        self._worker.submit(job)
+        with self._worker.arriving():
+            job = Job(
+                self.encode(request),
+                request.options,
+                CountingStreamer(self.processor.tokenizer),
+                scope=request.client,
+                media_keys=[(media.digest, media.plan) for media in media_of(request.messages)],
+            )
+            self._worker.submit(job)
         try:
             yield from read_job(job, self._worker)
         finally:
