@@ -25,6 +25,7 @@ from app.budget import fit
 from app.config import Settings
 from app.engine import ChatRequest, Delta, Engine
 from app.errors import UserFacingError
+from app.feedback import Ratings
 from app.grounding import Grounding, display_text, drawing, locate
 from app.media import Media, prepare
 from app.messages import (
@@ -41,7 +42,9 @@ from app.requestlog import (
     LOGGER,
     RequestLog,
     anonymous_id,
+    client_scope,
     format_line,
+    new_request_id,
     outcome_of,
     tokens_per_second,
 )
@@ -166,10 +169,12 @@ class Answers:
 
 @dataclass
 class Shared:
-    """What the turns of all sessions share: the fair-use counts and the answers' own text."""
+    """What the turns of all sessions share: the fair-use counts, the answers' own text, and
+    which answers each client may rate."""
 
     admission: Admission
     answers: Answers = field(default_factory=Answers)
+    ratings: Ratings = field(default_factory=Ratings)
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,7 @@ class Update:
     opened: bool = False  # the prompt opened a <think> block (a thinking model)
     thought_seconds: float | None = None  # how long the reasoning took (or has taken so far)
     trailer: tuple[dict[str, Any], ...] = ()  # notices after the answer (cut off while thinking)
+    request_id: str = ""  # on every message of the answer, for its rating (app.feedback)
 
     @property
     def split(self) -> Split:
@@ -267,6 +273,7 @@ class Update:
         """The update as data (the /chat_details API): boxes in the original image's pixels."""
         found = self.grounding
         return {
+            "id": self.request_id,
             "text": self.text,
             "raw": self.raw,
             "done": self.done,
@@ -296,7 +303,9 @@ class Update:
         shown.extend(self.trailer)
         if self.done:
             shown.append(notice(self.stats, done=True))
-        return shown
+        if not self.request_id:
+            return shown
+        return [{**m, "metadata": {**m.get("metadata", {}), "id": self.request_id}} for m in shown]
 
 
 @dataclass
@@ -304,6 +313,7 @@ class _Progress:
     """How far one turn got (time.perf_counter values), for its statistics and its log line."""
 
     started: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=new_request_id)
     prepared: float | None = None  # the request was built and handed to the engine
     engine_started: float | None = None  # the engine no longer reports a place in its queue
     first_token: float | None = None
@@ -351,13 +361,15 @@ def answer(
     progress = _Progress()
     turn: Turn | None = None
     error: BaseException | None = None
-    scope = anonymous_id(caller.client) if caller.client else ""
+    scope = client_scope(caller.client)
     try:
         if not isinstance(options, ChatOptions):
             thinks = engine.prompt_format.thinks
             options = chat_options(options, settings, engine.generation_defaults, thinks)
         if not isinstance(history, list):
             raise UserFacingError(HISTORY_FORM)
+        if shared:
+            shared.ratings.issue(progress.request_id, scope)
         admitted = shared.admission.enter(caller) if shared else contextlib.nullcontext()
         answers = shared.answers if shared else None
         with admitted:
@@ -377,6 +389,8 @@ def answer(
         entry = _log_entry(anonymous_id(caller.session), progress, turn, error)
         if settings.log_content:
             entry = replace(entry, message=_message_text(message), answer=progress.raw)
+            if shared:
+                shared.ratings.issue(progress.request_id, scope, progress.raw)
         request_log.info(format_line(entry))
 
 
@@ -416,10 +430,12 @@ def _stream(
     template = engine.prompt_format
     opened = template.thinks and (turn.request.enable_thinking or not template.thinking_switch)
     shown_at = 0.0
+    rid = progress.request_id
     for delta in engine.stream(turn.request):
         now = time.perf_counter()
         if delta.queue_position is not None and not progress.raw:
-            yield Update(lead=(*lead, waiting_notice(delta.queue_position, delta.wait_seconds)))
+            place = waiting_notice(delta.queue_position, delta.wait_seconds)
+            yield Update(lead=(*lead, place), request_id=rid)
             continue
         if progress.first_token is None and delta.tokens:
             shown_at = 0.0  # the first token is shown at once
@@ -428,7 +444,8 @@ def _stream(
             progress.thought_until = now
         if now - shown_at >= STREAM_INTERVAL:  # also the heartbeat that lets Stop close us
             shown_at = now
-            yield Update(lead, progress.raw, opened=opened, thought_seconds=progress.thought(now))
+            seconds = progress.thought(now)
+            yield Update(lead, progress.raw, opened=opened, thought_seconds=seconds, request_id=rid)
     split = split_reasoning(progress.raw, opened)
     images = [m for m in turn.media if m.kind == "image"]
     found = locate(split.answer, engine.family, images)
@@ -439,7 +456,7 @@ def _stream(
     cut_off = split.thinking and progress.tokens >= turn.request.options.max_new_tokens
     trailer = (notice(CUT_OFF_TITLE, CUT_OFF_ADVICE, done=True),) if cut_off else ()
     seconds = progress.thought(time.perf_counter())
-    yield Update(lead, progress.raw, True, stats, found, path, opened, seconds, trailer)
+    yield Update(lead, progress.raw, True, stats, found, path, opened, seconds, trailer, rid)
 
 
 def _save_drawing(found: Grounding, images: Sequence[Media]) -> str:
@@ -463,6 +480,7 @@ def _log_entry(
     )
     return RequestLog(
         session=session,
+        request=progress.request_id,
         outcome=outcome_of(error, engine_asked=turn is not None),
         prompt_tokens=turn.prompt_tokens if turn else None,
         generated_tokens=progress.tokens,

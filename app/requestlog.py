@@ -1,9 +1,9 @@
 """One structured log line per chat request (logger `app.requests`), without the user's content.
 
 The line is a JSON object, e.g.
-  {"session": "5f0c2a9d41b7", "outcome": "ok", "prompt_tokens": 412, "generated_tokens": 64,
-   "queue_wait_s": 0.104, "ttft_s": 0.351, "tokens_per_s": 21.3, "prepare_s": 0.012,
-   "total_s": 3.34, "images": 1, "videos": 0, "turns_left_out": 0}
+  {"session": "5f0c2a9d41b7", "outcome": "ok", "request": "3f9a0c1b22de", "prompt_tokens": 412,
+   "generated_tokens": 64, "queue_wait_s": 0.104, "ttft_s": 0.351, "tokens_per_s": 21.3,
+   "prepare_s": 0.012, "total_s": 3.34, "images": 1, "videos": 0, "turns_left_out": 0}
 Outcomes: ok | stopped (the user stopped or left) | rejected (bad input or too large, refused
 before the engine was asked) | abandoned (nobody read the answer's stream: never generated) |
 error:engine (the engine said why) | error:<ExceptionType>.
@@ -11,6 +11,7 @@ error:engine (the engine said why) | error:<ExceptionType>.
 the request reached `respond`; queue_wait_s runs from handing the request to the engine until
 its first delta that is not a queue place (a heartbeat once running, or the first token); for
 a request that never queued, that is the engine's encoding plus at most one heartbeat (0.1 s).
+"request" is the id on the answer's messages; a rating of the answer names it (app.feedback).
 Formatting only: `app.chat` measures.
 """
 
@@ -36,6 +37,7 @@ class RequestLog:
 
     session: str
     outcome: str
+    request: str | None = None  # the id on the answer's messages, which its ratings name
     prompt_tokens: int | None = None
     generated_tokens: int = 0
     queue_wait_s: float | None = None
@@ -57,6 +59,11 @@ def _process_key() -> bytes:
     return secrets.token_bytes(16)
 
 
+def new_request_id() -> str:
+    """A request's id: random, 12 hex digits (it names the request in ratings and the log)."""
+    return secrets.token_hex(SESSION_ID_BYTES)
+
+
 def anonymous_id(session_hash: str, key: bytes | None = None) -> str:
     """A short keyed hash of Gradio's session hash (never the hash itself); "-" when none."""
     if not session_hash:
@@ -65,6 +72,12 @@ def anonymous_id(session_hash: str, key: bytes | None = None) -> str:
         session_hash.encode(), key=key or _process_key(), digest_size=SESSION_ID_BYTES
     )
     return digest.hexdigest()
+
+
+def client_scope(client: str) -> str:
+    """What a client's kept state (caches, answers, ratings) is filed under: its keyed hash,
+    or "" for a caller without a client (direct Python calls)."""
+    return anonymous_id(client) if client else ""
 
 
 def outcome_of(exc: BaseException | None, engine_asked: bool) -> str:

@@ -34,6 +34,7 @@ from app.chat import ChatMessages, Shared, answer, respond
 from app.config import Settings
 from app.engine import Engine
 from app.errors import UserFacingError
+from app.feedback import rate_answer
 from app.hosting import StreamTracker, client_of
 from app.i18n import TRANSLATIONS, key
 from app.markup import EDIT_BOX_SCRIPT, typed_user_text
@@ -60,6 +61,10 @@ CSS = """
 #license, #engine-status { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 #conversation-file { flex-wrap: wrap; }
 #chatbot .user-row img { max-height: 12rem; width: auto; }  /* uploads: thumbnails, answers big */
+/* Thumbs only under answers (app.feedback): not under notices (statistics, reasoning, queue
+   place) nor the drawn boxes, which belong to the answer above them. */
+#chatbot .bot-row:has(.thought-group) + .message-buttons button[aria-label$="ike"],
+#chatbot .bot-row:has(img) + .message-buttons button[aria-label$="ike"] { display: none; }
 /* Nothing a message holds may cover the page: each bubble clips and contains its content. */
 #chatbot .message-content { contain: paint; }
 #chatbot pre.user-text {
@@ -331,6 +336,15 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         for update in api_answer(args):
             yield update.details(), update.drawing
 
+    def rate(history: list[dict], data: gr.LikeData, request: gr.Request) -> None:
+        """A thumbs up or down, written to the request log with the rated request's id."""
+        caller = caller_of(request, demo.streams)
+        try:
+            rate_answer(shared.ratings, history, data.index, data.liked, caller.client,
+                        caller.session)  # fmt: skip
+        except UserFacingError as exc:
+            gr.Warning(str(exc))
+
     def show_status() -> tuple[Any, gr.MultimodalTextbox, gr.Checkbox, gr.Timer]:
         status = engine.status()
         ready = status.state == "ready"
@@ -361,6 +375,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             settings,
             values,
         )
+        chat.chatbot.like(rate, chat.chatbot, None, api_visibility="private")
         timer = gr.Timer(0.5)
         thinking = inputs[NAMES.index("enable_thinking")]  # shown for templates with the switch
         outputs = [status, chat.textbox, thinking, timer]

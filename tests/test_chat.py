@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from PIL import Image
@@ -78,10 +79,14 @@ def _capture_requests(caplog):
 # --- the answer and the budget ----------------------------------------------------------------
 
 
-def test_the_answer_streams_then_gets_its_statistics():
+def test_the_answer_streams_then_gets_its_statistics(caplog):
     shown = run(ScriptedEngine(), "Hi")
-    assert shown[-1][0] == {"role": "assistant", "content": "Hello there!"}
+    assert shown[-1][0] == {"role": "assistant", "content": "Hello there!", "metadata": ANY}
     assert is_notice(shown[-1][-1]) and shown[-1][-1]["metadata"]["title"].startswith("3 tokens")
+    # Every message of the answer names its request, as the log line does (ratings use it).
+    [line] = log_lines(caplog)
+    assert {m["metadata"]["id"] for update in shown for m in update} == {line["request"]}
+    assert len(line["request"]) == 12
 
 
 def test_a_queued_request_shows_its_place_and_the_estimated_wait():
@@ -108,7 +113,7 @@ def test_left_out_turns_are_announced_before_the_answer():
     first = shown[-1][0]
     assert is_notice(first) and first["metadata"]["title"] == "✂️ 2 earlier turns left out"
     assert "2 oldest turns" in first["content"] and "200 tokens" in first["content"]
-    assert shown[-1][1] == {"role": "assistant", "content": "Hello there!"}
+    assert shown[-1][1] == {"role": "assistant", "content": "Hello there!", "metadata": ANY}
     messages = engine.requests[0].messages
     assert messages[0] == {"role": "system", "content": "Be brief."}
     assert "Question 2:" in messages[1]["content"][0]["text"]
@@ -133,7 +138,7 @@ def test_respond_shows_bad_input_as_a_notice_and_keeps_what_was_shown():
     assert "Type a question" in error["content"]
     failing = ScriptedEngine(Delta("Half", 1), UserFacingError("The server is down."))
     last = list(respond(failing, Settings(), "Hi", [], OPTIONS))[-1]
-    assert last[0] == {"role": "assistant", "content": "Half"}
+    assert last[0] == {"role": "assistant", "content": "Half", "metadata": ANY}
     assert last[-1]["metadata"]["title"] == ERROR_TITLE and "down" in last[-1]["content"]
 
 

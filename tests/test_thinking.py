@@ -4,6 +4,7 @@ later prompts, and a turn stopped while thinking is not a failed turn."""
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest.mock import ANY
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_the_reasoning_streams_in_an_open_block_then_closes_above_the_answer():
     assert first["content"] == "I see fur"
     final = updates[-1].messages()
     block, shown = final[0], final[1]
-    assert block["metadata"] == {"title": block["metadata"]["title"], "status": "done"}
+    assert block["metadata"] == {"title": block["metadata"]["title"], "status": "done", "id": ANY}
     assert block["metadata"]["title"].startswith("💭 Thought for ")
     assert block["content"] == "I see fur and whiskers." and shown["content"] == "A cat."
     assert updates[-1].details()["reasoning"] == "I see fur and whiskers."
@@ -88,4 +89,4 @@ def test_an_answer_cut_off_while_thinking_says_so():
 
 def test_a_model_without_thinking_shows_no_block():
     final = run(ScriptedEngine(Delta("A cat.", 1)))[-1].messages()
-    assert final[0] == {"role": "assistant", "content": "A cat."}
+    assert final[0] == {"role": "assistant", "content": "A cat.", "metadata": {"id": ANY}}
