@@ -32,6 +32,7 @@ from app import components
 from app.admission import Abandoned, Admission, Caller
 from app.chat import ChatMessages, Shared, answer, respond
 from app.config import Settings
+from app.cost import preview_turn
 from app.engine import Engine
 from app.errors import UserFacingError
 from app.feedback import rate_answer
@@ -40,7 +41,7 @@ from app.i18n import TRANSLATIONS, key
 from app.markup import EDIT_BOX_SCRIPT, typed_user_text
 from app.messages import user_turn_messages
 from app.options import FIELDS, NAMES, Field, defaults
-from app.requestlog import log_refusal
+from app.requestlog import client_scope, log_refusal
 from app.scratch import new_folder
 from app.transcript import export_transcript, import_transcript
 from app.trust import ASSETS, check_client_value
@@ -51,6 +52,7 @@ FILE_TYPES = ["image", "video"]
 GROUNDING_EXAMPLE = "Find the cat and the ball in this picture and give their bounding boxes."
 # Gradio's copies of uploads and outputs: checked hourly, removed a day after their last use.
 DELETE_CACHE = (3600, 24 * 3600)
+PREVIEWS_AT_ONCE = 2  # cost previews computed at once: each reads the headers of a turn's files
 STATUS_KEYS = {"loading": "status_loading", "ready": "status_ready", "failed": "status_failed"}
 CSS = """
 #header { align-items: flex-start; flex-wrap: nowrap; gap: var(--spacing-xl); }
@@ -58,7 +60,9 @@ CSS = """
 #header-logo img { width: 56px; height: 56px; display: block; }
 #header-text h1 { margin: 0 0 var(--spacing-sm) 0; font-size: var(--text-xxl); }
 #header-text p { margin: 0; }
-#license, #engine-status { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+#license, #engine-status, #cost-preview {
+  font-size: var(--text-sm); color: var(--body-text-color-subdued);
+}
 #conversation-file { flex-wrap: wrap; }
 #chatbot .user-row img { max-height: 12rem; width: auto; }  /* uploads: thumbnails, answers big */
 /* Thumbs only under answers (app.feedback): not under notices (statistics, reasoning, queue
@@ -345,6 +349,21 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         except UserFacingError as exc:
             gr.Warning(str(exc))
 
+    def show_cost(
+        message: dict | None, history: list[dict] | None, request: gr.Request, *settings_values: Any
+    ) -> str:
+        """What the attached files will cost, and how full the context will be (app.cost)."""
+        preview = preview_turn(
+            engine,
+            settings,
+            message,
+            history,
+            dict(zip(NAMES, settings_values, strict=True)),
+            client_scope(caller_of(request, demo.streams).client),
+            shared.answers,
+        )
+        return preview.markdown() if preview else ""
+
     def show_status() -> tuple[Any, gr.MultimodalTextbox, gr.Checkbox, gr.Timer]:
         status = engine.status()
         ready = status.state == "ready"
@@ -376,6 +395,19 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             values,
         )
         chat.chatbot.like(rate, chat.chatbot, None, api_visibility="private")
+        with chat_area:
+            cost = gr.Markdown(elem_id="cost-preview")
+        gr.on(
+            [chat.textbox.change, *(c.change for c in inputs)],  # type: ignore[attr-defined]
+            show_cost,
+            [chat.textbox, chat.chatbot, *inputs],
+            cost,
+            api_visibility="private",
+            trigger_mode="always_last",
+            show_progress="hidden",
+            concurrency_limit=PREVIEWS_AT_ONCE,
+            concurrency_id="cost-preview",
+        )
         timer = gr.Timer(0.5)
         thinking = inputs[NAMES.index("enable_thinking")]  # shown for templates with the switch
         outputs = [status, chat.textbox, thinking, timer]

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.browser import browser_page, screenshot, send, wait_answers, wait_ready
+from app.config import Settings
+from tests.browser import browser_page, launch_demo, screenshot, send, wait_answers, wait_ready
+from tests.conftest import Recording, free_port
 
 pytestmark = pytest.mark.browser
 LIKE, DISLIKE = "[aria-label=Like]:visible", "[aria-label=Dislike]:visible"
@@ -43,3 +48,102 @@ def test_thumbs_under_an_answer_rate_its_request_in_the_log(app, caplog):
     rating = {"event": "feedback", "request": answered["request"], "session": answered["session"]}
     assert up == rating | {"rating": "up"} and down == rating | {"rating": "down"}
     assert "answer" not in up, "content only with --log-content"
+
+
+# --- the cost before sending ------------------------------------------------------------------
+
+PREVIEW = "#cost-preview"
+FILL = re.compile(r"fill ([\d,]+) of ([\d,]+) tokens")
+
+
+@pytest.fixture(scope="module")
+def small_context_app(tiny_checkpoint):
+    """A demo whose context (--max-context 700) a 640×480 picture and its answer nearly fill."""
+    from app.engine.local import LocalEngine
+
+    settings = Settings(
+        checkpoint_path=str(tiny_checkpoint),
+        cpu_only=True,
+        server_port=free_port(),
+        max_context=700,
+        max_new_tokens=8,
+    )
+    engine = Recording(LocalEngine(settings).start(background=False))
+    demo = launch_demo(engine, settings)
+    yield f"http://127.0.0.1:{settings.server_port}/", engine
+    demo.close()
+
+
+def picture(folder: Path, name: str, size: tuple[int, int]) -> Path:
+    path = folder / name
+    Image.new("RGB", size, (200, 30, 30)).save(path)
+    return path
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_the_cost_shown_before_sending_is_what_the_engine_counts(small_context_app, tmp_path):
+    url, engine = small_context_app
+    files = [picture(tmp_path, "wide.png", (640, 480)), picture(tmp_path, "tall.png", (90, 300))]
+    with browser_page(url) as page:
+        wait_ready(page)
+        assert page.locator(PREVIEW).inner_text() == "", "nothing attached, nothing shown"
+        textarea = page.locator("textarea").first
+        textarea.fill("What colour is it?")  # the question counts too
+        page.locator("input[type=file]").first.set_input_files([str(f) for f in files[1:]])
+        page.wait_for_function(
+            f"() => /tall.png/.test(document.querySelector('{PREVIEW}').innerText)"
+        )
+        shown = page.locator(PREVIEW).inner_text()
+        screenshot(page, "cost-preview")
+        textarea.press("Enter")
+        wait_answers(page, 1)
+        page.wait_for_function(f"() => document.querySelector('{PREVIEW}').innerText === ''")
+        # The second turn's preview counts the whole conversation, the first picture included.
+        textarea.fill("And now?")
+        page.locator("input[type=file]").first.set_input_files([str(files[0])])
+        page.wait_for_function(
+            f"() => /wide.png/.test(document.querySelector('{PREVIEW}').innerText)"
+        )
+        second = page.locator(PREVIEW).inner_text()
+        textarea.press("Enter")
+        wait_answers(page, 2)
+    for preview, request in zip((shown, second), engine.requests[-2:], strict=True):
+        inputs = engine.encode(request)
+        pads = int((inputs["input_ids"] == engine.model.config.image_token_id).sum())
+        [tokens] = re.findall(r"([\d,]+) visual tokens", preview)
+        filled, context = map(number, FILL.search(preview).groups())
+        assert context == 700 and filled - 8 == inputs["input_ids"].shape[1]
+        assert number(tokens) == pads - sum(m.tokens for m in _earlier_media(request))
+
+
+def _earlier_media(request):
+    from app.messages import media_of
+
+    return media_of(request.messages[:-1])
+
+
+def test_a_turn_that_will_not_fit_says_so_with_the_setting_to_lower(small_context_app, tmp_path):
+    url, engine = small_context_app
+    asked = len(engine.requests)
+    big = picture(tmp_path, "big.png", (1280, 960))
+    with browser_page(url) as page:
+        wait_ready(page)
+        page.locator("input[type=file]").first.set_input_files([str(big)])
+        page.get_by_text("too large for the model's context").wait_for(timeout=30_000)
+        warning = page.locator(PREVIEW).inner_text()
+        screenshot(page, "cost-preview-too-large")
+        page.get_by_text("Settings").first.click()
+        pixels = page.get_by_label("Image max pixels")
+        pixels.fill(str(320 * 240))
+        pixels.press("Enter")
+        page.wait_for_function(
+            f"() => /big.png/.test(document.querySelector('{PREVIEW}').innerText)"
+        )
+        fits = page.locator(PREVIEW).inner_text()
+    assert "too large for the model's context" in warning and "'Image max pixels'" in warning
+    filled, _ = map(number, FILL.search(fits).groups())
+    assert filled <= 700 and "big.png" in fits
+    assert len(engine.requests) == asked, "a preview never asks the model"

@@ -1,0 +1,94 @@
+"""What a turn will cost, shown under the input box while files are attached, before sending.
+
+It takes the path of sending itself (`app.chat.build_request`): the media objects made from
+the files' headers (nothing decoded) and the budget's count of the prompt as the model will see
+it, so the numbers are the ones the engine then counts (exact for the local engine, an estimate
+for a remote server, whose tokenizer is not here). A turn that will not fit says why, with the
+setting to lower, in the words the send itself would use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.chat import Answers, build_request
+from app.config import Settings
+from app.engine import Engine
+from app.errors import UserFacingError
+from app.media import Media
+from app.messages import media_of, user_message_parts
+from app.options import chat_options
+
+ICONS = {"image": "🖼️", "video": "🎬"}
+
+
+@dataclass(frozen=True)
+class CostPreview:
+    """The cost of the current turn's files and of the whole prompt, or why it will not fit."""
+
+    files: tuple[Media, ...] = ()
+    prompt_tokens: int = 0
+    answer_tokens: int = 0  # kept for the answer (max new tokens)
+    max_context: int = 0
+    turns_left_out: int = 0
+    problem: str | None = None
+
+    def markdown(self) -> str:
+        if self.problem:
+            return f"⚠️ {self.problem}"
+        files = " · ".join(_file_cost(media) for media in self.files)
+        used = self.prompt_tokens + self.answer_tokens
+        share = round(100 * used / self.max_context) if self.max_context else 0
+        fill = (
+            f"The conversation will fill {used:,} of {self.max_context:,} tokens ({share}%), "
+            f"{self.answer_tokens:,} of them kept for the answer."
+        )
+        left = self.turns_left_out
+        dropped = (
+            f" The {left} oldest turn{'s' if left > 1 else ''} will be left out to make room."
+            if left
+            else ""
+        )
+        return f"🧮 **Before sending:** {files}  \n{fill}{dropped}"
+
+
+def preview_turn(
+    engine: Engine,
+    settings: Settings,
+    message: Any,
+    history: Any,
+    values: Mapping[str, Any],
+    client: str = "",
+    answers: Answers | None = None,
+) -> CostPreview | None:
+    """The cost of sending `message` after `history` with the settings `values` (all the
+    client's); None while the message has no files."""
+    if not isinstance(message, Mapping | str):
+        return None
+    if not any(kind == "file" for kind, _ in user_message_parts(message)):
+        return None
+    try:
+        thinks = engine.prompt_format.thinks
+        options = chat_options(values, settings, engine.generation_defaults, thinks)
+        if not isinstance(history, Sequence) or isinstance(history, str):
+            history = []
+        turn = build_request(message, history, options, settings, engine, client, answers)
+    except UserFacingError as exc:
+        return CostPreview(problem=str(exc))
+    current = turn.request.messages[-1:]
+    return CostPreview(
+        files=tuple(media_of(current)),
+        prompt_tokens=turn.prompt_tokens,
+        answer_tokens=options.generation.max_new_tokens,
+        max_context=settings.max_context,
+        turns_left_out=turn.turns_left_out,
+    )
+
+
+def _file_cost(media: Media) -> str:
+    width, height = media.fed_size
+    frames = f", {media.frames} frames" if media.kind == "video" else ""
+    size = f"{width}×{height}{frames}"
+    return f"{ICONS[media.kind]} {media.name}: {media.tokens:,} visual tokens ({size})"
