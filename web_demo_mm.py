@@ -10,17 +10,49 @@ from starlette.middleware import Middleware
 
 from app.config import Settings, parse_args
 from app.engine import CheckpointNotFound, Engine
-from app.hosting import LoginThrottle, health_route, parse_auth, security_headers, server_name
+from app.hosting import (
+    LoginThrottle,
+    body_limit,
+    health_route,
+    parse_auth,
+    security_headers,
+    server_name,
+)
 from app.trust import ASSETS
+
+
+def refuse_bad_combinations(settings: Settings) -> None:
+    """Flags that cannot go together stop the start, saying why. --mcp with --auth: Gradio's
+    MCP routes check no login, so the tools (and the list of them) would be open to anyone the
+    password keeps out of the page."""
+    if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
+        raise SystemExit("error: --ssl-certfile and --ssl-keyfile go together.")
+    if settings.mcp and settings.auth:
+        raise SystemExit(
+            "error: --mcp cannot be combined with --auth: Gradio's MCP server "
+            "(/gradio_api/mcp) does not check the login, so anyone could call the tools. "
+            "Serve the tools without a password on a private address, or leave out --mcp."
+        )
+
+
+MCP_PATH = "/gradio_api/mcp"
+
+
+def mcp_body_bytes(settings: Settings) -> int:
+    """The most one MCP call may send: one file at the upload limit, in base64, and its JSON."""
+    return int(settings.max_upload_mb * 1024 * 1024 * 4 / 3) + 1024 * 1024
 
 
 def serve(demo: gr.Blocks, engine: Engine, settings: Settings, block: bool = True) -> gr.Blocks:
     """Queues and launches the page with the settings' network options, /health, and the
-    middlewares in front of Gradio (security headers, login throttle, stream tracking)."""
+    middlewares in front of Gradio (security headers, login throttle, stream tracking);
+    with --mcp, the page's tools over MCP too."""
+    refuse_bad_combinations(settings)
     middleware = [
         Middleware(security_headers),
         Middleware(LoginThrottle().middleware),
         Middleware(demo.streams.middleware),  # type: ignore[attr-defined]
+        Middleware(body_limit(MCP_PATH, mcp_body_bytes(settings))),
     ]
     # api_open=False: queued events cannot be called around the queue (and its limits).
     demo.queue(default_concurrency_limit=64, max_size=settings.max_queue_size, api_open=False)
@@ -34,6 +66,10 @@ def serve(demo: gr.Blocks, engine: Engine, settings: Settings, block: bool = Tru
         allowed_paths=[str(ASSETS)],  # besides uploads, only the app's own assets are served
         app_kwargs={"routes": [health_route(engine, settings)], "middleware": middleware},
         prevent_thread_lock=not block,
+        mcp_server=settings.mcp,  # False also overrides GRADIO_MCP_SERVER in the environment
+        ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
+        ssl_verify=False,  # Gradio's start-up probe of itself: a demo day's cert is self-signed
     )
     return demo
 
@@ -44,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     settings = parse_args(argv)
+    refuse_bad_combinations(settings)  # before the weights load
     from app.engine import create_engine
     from app.ui import build_demo
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from app.engine import QWEN2_FORMAT, PromptFormat
 from app.errors import UserFacingError
+from app.messages import page_label
 
 CountTokens = Callable[[str], int]
 STEPS = 4  # turns are left out to free 1/STEPS of the budget at a time
@@ -213,6 +214,85 @@ def fit(
         tokens=fixed + sum(c.total for c in costs[:head] + costs[keep_from:]),
         turns_left_out=dropped,
     )
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    """The messages with the documents' pages that fit; the current turn's pages left out."""
+
+    messages: list[dict[str, Any]]
+    pages_left_out: tuple[Any, ...]  # media objects of the left-out pages, in order
+
+
+def trim_pages(
+    messages: Sequence[Mapping[str, Any]],
+    count_tokens: CountTokens,
+    limit: int,
+    add_vision_id: bool = False,
+    max_media: int | None = None,
+    prompt_format: PromptFormat = QWEN2_FORMAT,
+) -> Trimmed:
+    """Each user turn whose document pages do not fit in `limit` tokens (or `max_media`) on its
+    own, with the system prompt, loses its last pages (each with its label) until it does, or
+    until one page is left (then `fit` refuses the turn, saying which setting to lower).
+
+    A turn is judged alone, so the pages it keeps are the same in every later request (and
+    the conversation's kept cache stays valid); `fit` then leaves out whole old turns.
+    """
+    roles = [m["role"] for m in messages]
+    head = 1 if roles and roles[0] == "system" else 0
+    fixed = fixed_cost(roles, count_tokens, prompt_format)
+    system = sum(c.total for c in message_costs(messages[:head], count_tokens, False))
+    room = limit - fixed - system
+    trimmed: list[dict[str, Any]] = []
+    left_out: tuple[Any, ...] = ()
+    for message in messages:
+        kept, dropped = message, list[Any]()
+        if message["role"] == "user" and _pages(message):
+            kept, dropped = _trim_message(message, count_tokens, room, add_vision_id,
+                                          max_media, prompt_format)  # fmt: skip
+        trimmed.append(dict(kept))
+        left_out = tuple(dropped)  # the last user turn's are the current turn's
+    return Trimmed(trimmed, left_out)
+
+
+def _trim_message(
+    message: Mapping[str, Any],
+    count_tokens: CountTokens,
+    room: int,
+    add_vision_id: bool,
+    max_media: int | None,
+    prompt_format: PromptFormat,
+) -> tuple[Mapping[str, Any], list[Any]]:
+    """The message without its last pages, as many as it takes to fit, and those pages."""
+    content = list(message["content"])
+    dropped: list[Any] = []
+
+    def fits() -> bool:
+        [cost] = message_costs([{**message, "content": content}], count_tokens, add_vision_id,
+                               prompt_format)  # fmt: skip
+        items = len([p for p in content if p.get("type") in LABELS])
+        return cost.total <= room and (max_media is None or items <= max_media)
+
+    while not fits():
+        pages = [i for i, part in enumerate(content) if _is_page(part)]
+        if len(pages) <= 1:
+            break  # not even with one page: `fit` says why (and which setting to lower)
+        last = pages[-1]
+        page = content[last]["image"]
+        label = last > 0 and content[last - 1] == {"type": "text", "text": page_label(page)}
+        del content[last - 1 if label else last : last + 1]
+        dropped.insert(0, page)
+    return {**message, "content": content}, dropped
+
+
+def _is_page(part: Mapping[str, Any]) -> bool:
+    return part.get("type") == "image" and getattr(part["image"], "page", None) is not None
+
+
+def _pages(message: Mapping[str, Any]) -> bool:
+    content = message["content"]
+    return not isinstance(content, str) and any(_is_page(part) for part in content)
 
 
 def too_large_message(current: Cost, system: int, max_context: int, max_new_tokens: int) -> str:

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.admission import Abandoned, Admission, Caller
-from app.budget import fit
+from app.budget import fit, trim_pages
 from app.config import Settings
 from app.engine import ChatRequest, Delta, Engine
 from app.errors import UserFacingError
 from app.feedback import Ratings
 from app.grounding import Grounding, display_text, drawing, locate
-from app.media import Media, prepare
+from app.media import Document, Media, prepare
 from app.messages import (
     REASONING_ICON,
     attach_media,
@@ -116,6 +116,33 @@ def left_out_notice(turns: int, max_context: int) -> dict[str, Any]:
     )
 
 
+def pages_left_out_notice(pages: Sequence[Media]) -> dict[str, Any]:
+    """Shown before an answer for which a document's last pages did not fit."""
+    documents: dict[str, list[int]] = {}
+    for page in pages:
+        documents.setdefault(page.name, []).append(page.page or 0)
+    named = "; ".join(f"{page_ranges(numbers)} of {name}" for name, numbers in documents.items())
+    return notice(
+        f"📄 Left out: {named}",
+        "They do not fit in the model's context with the rest of this message, so the model "
+        "did not see them. Choose the pages to read with the 'PDF pages' setting (e.g. 5-12), "
+        "or lower 'Image max pixels' to fit more pages at a lower resolution.",
+        done=True,
+    )
+
+
+def page_ranges(numbers: Sequence[int]) -> str:
+    """1, 2, 3, 5, 7, 8 → "pages 1–3, 5, 7–8"."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    shown = ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+    return f"{'pages' if len(numbers) > 1 else 'page'} {shown}"
+
+
 def validate_message(message: Mapping[str, Any] | str, settings: Settings) -> None:
     if not isinstance(message, str | Mapping):
         raise UserFacingError(
@@ -184,6 +211,7 @@ class Turn:
     request: ChatRequest
     prompt_tokens: int
     turns_left_out: int
+    pages_left_out: tuple[Media, ...] = ()  # the current turn's document pages that did not fit
 
     @property
     def media(self) -> list[Media]:
@@ -211,12 +239,21 @@ def build_request(
     if answers is not None:
         messages = answers.restore(client, messages)
 
-    def open_file(path: str) -> Media:
+    def open_file(path: str) -> Media | Document:
         return prepare(path, options.media, engine.geometry, scope=client)
 
     messages = attach_media(messages, open_file)
-    fitted = fit(
+    room = settings.max_context - options.generation.max_new_tokens
+    trimmed = trim_pages(
         messages,
+        engine.count_tokens,
+        room,
+        options.add_vision_id,
+        settings.max_media,
+        engine.prompt_format,
+    )
+    fitted = fit(
+        trimmed.messages,
         engine.count_tokens,
         settings.max_context,
         options.generation.max_new_tokens,
@@ -231,7 +268,7 @@ def build_request(
         client=client,
         enable_thinking=options.enable_thinking,
     )
-    return Turn(request, fitted.tokens, fitted.turns_left_out)
+    return Turn(request, fitted.tokens, fitted.turns_left_out, trimmed.pages_left_out)
 
 
 @dataclass(frozen=True)
@@ -376,7 +413,10 @@ def answer(
             turn = build_request(message, history, options, settings, engine, scope, answers)
             progress.prepared = time.perf_counter()
             left_out = turn.turns_left_out
-            lead = (left_out_notice(left_out, settings.max_context),) if left_out else ()
+            lead = (
+                *([left_out_notice(left_out, settings.max_context)] if left_out else []),
+                *([pages_left_out_notice(turn.pages_left_out)] if turn.pages_left_out else []),
+            )
             for update in _stream(engine, turn, progress, lead):
                 if update.done and answers is not None:
                     clean = template_token_filter(engine.template_tokens)

@@ -109,3 +109,14 @@ class HistoryJSON(gr.JSON):
                 },
             },
         }
+
+
+class CameraClip(gr.Video):
+    """A webcam clip as the browser recorded it (WebM, no sound): gr.Video would run the ffmpeg
+    program to drop the sound track it was told not to record. The media layer reads the
+    video stream with PyAV (and judges the file by its content, like any upload)."""
+
+    is_template = True  # the page draws it as gr.Video
+
+    def preprocess(self, payload: Any) -> str | None:
+        return None if payload is None else str(payload.path)

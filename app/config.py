@@ -151,6 +151,25 @@ class Settings:
         default=128,
         metadata=_flag("--max-queue-size", help="most requests waiting in the queue, all clients"),
     )
+    mcp: bool = field(
+        default=False,
+        metadata=_flag(
+            "--mcp",
+            help="also serve the tools ask and find_objects to agents over MCP at "
+            "/gradio_api/mcp/ (not with --auth: Gradio's MCP routes skip the login)",
+        ),
+    )
+    ssl_certfile: str = field(
+        default="",
+        metadata=_flag(
+            "--ssl-certfile",
+            help="serve HTTPS with this certificate (browsers open the camera only on HTTPS or "
+            "localhost: for a demo day on a local network)",
+        ),
+    )
+    ssl_keyfile: str = field(
+        default="", metadata=_flag("--ssl-keyfile", help="the private key of --ssl-certfile")
+    )
     auth: str = field(
         default="",
         metadata=_flag("--auth", help="user:password, or a file with one user:password per line"),

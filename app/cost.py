@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.chat import Answers, build_request
+from app.chat import Answers, build_request, pages_left_out_notice
 from app.config import Settings
 from app.engine import Engine
 from app.errors import UserFacingError
@@ -21,7 +21,7 @@ from app.media import Media
 from app.messages import media_of, user_message_parts
 from app.options import chat_options
 
-ICONS = {"image": "🖼️", "video": "🎬"}
+ICONS = {"image": "🖼️", "video": "🎬"}  # a document's pages: 📄
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,13 @@ class CostPreview:
     answer_tokens: int = 0  # kept for the answer (max new tokens)
     max_context: int = 0
     turns_left_out: int = 0
+    pages_left_out: tuple[Media, ...] = ()
     problem: str | None = None
 
     def markdown(self) -> str:
         if self.problem:
             return f"⚠️ {self.problem}"
-        files = " · ".join(_file_cost(media) for media in self.files)
+        files = " · ".join(_costs(self.files))
         used = self.prompt_tokens + self.answer_tokens
         share = round(100 * used / self.max_context) if self.max_context else 0
         fill = (
@@ -51,6 +52,8 @@ class CostPreview:
             if left
             else ""
         )
+        if self.pages_left_out:
+            dropped += f" {pages_left_out_notice(self.pages_left_out)['metadata']['title']}."
         return f"🧮 **Before sending:** {files}  \n{fill}{dropped}"
 
 
@@ -84,11 +87,23 @@ def preview_turn(
         answer_tokens=options.generation.max_new_tokens,
         max_context=settings.max_context,
         turns_left_out=turn.turns_left_out,
+        pages_left_out=turn.pages_left_out,
     )
 
 
-def _file_cost(media: Media) -> str:
-    width, height = media.fed_size
-    frames = f", {media.frames} frames" if media.kind == "video" else ""
-    size = f"{width}×{height}{frames}"
-    return f"{ICONS[media.kind]} {media.name}: {media.tokens:,} visual tokens ({size})"
+def _costs(media: Sequence[Media]) -> list[str]:
+    """Each file's cost; a document's pages summed under its name."""
+    files: dict[str | int, list[Media]] = {}
+    for index, item in enumerate(media):
+        files.setdefault(index if item.page is None else item.name, []).append(item)
+    return [_cost(items) for items in files.values()]
+
+
+def _cost(items: Sequence[Media]) -> str:
+    first, tokens = items[0], sum(item.tokens for item in items)
+    if first.page is not None:
+        count = f"{len(items)} page{'s' if len(items) > 1 else ''}"
+        return f"📄 {first.name}: {count}, {tokens:,} visual tokens"
+    width, height = first.fed_size
+    frames = f", {first.frames} frames" if first.kind == "video" else ""
+    return f"{ICONS[first.kind]} {first.name}: {tokens:,} visual tokens ({width}×{height}{frames})"

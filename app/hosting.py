@@ -221,6 +221,38 @@ class LoginThrottle:
         self._next_try[address] = self.clock() + self.delay(self._failures[address])
 
 
+def body_limit(prefix: str, max_bytes: int) -> Callable[[ASGIApp], ASGIApp]:
+    """A middleware refusing request bodies over `max_bytes` on paths under `prefix` (413), and
+    bodies that do not declare their length (411; the server holds a body to its declared one).
+
+    Gradio's MCP server decodes the files in a tool call's JSON (base64) onto disk before any
+    size check of its own: this bounds what one call may write.
+    """
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or not scope["path"].startswith(prefix):
+                return await app(scope, receive, send)
+            headers = _scope_headers(scope)
+            if "chunked" in headers.get("transfer-encoding", ""):
+                return await _refuse(send, 411, "The request must declare its length.")
+            declared = headers.get("content-length", "0")
+            if not declared.isdigit() or int(declared) > max_bytes:
+                limit = f"The request is larger than {max_bytes / 2**20:.0f} MB."
+                return await _refuse(send, 413, limit)
+            await app(scope, receive, send)
+
+        return limited
+
+    return middleware
+
+
+async def _refuse(send: Send, status: int, text: str) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text.encode()})
+
+
 def security_headers(app: ASGIApp) -> ASGIApp:
     """Adds the Content-Security-Policy and no-sniffing headers to every response; an HTML page
     is held until complete (it is small) so that its inline scripts can be hashed. Refuses

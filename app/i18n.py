@@ -11,7 +11,10 @@ string. Both tables have the same keys (a test checks).
 from __future__ import annotations
 
 EN: dict[str, str] = {
-    "header": "Chat about images and videos. Ask it to find things and it draws boxes around them.",
+    "header": (
+        "Chat about images, videos and PDF documents. Ask it to find things and it draws boxes "
+        "around them."
+    ),
     "license": (
         "Check the license of the model served (Qwen2-VL 2B and 7B, Qwen2.5-VL 3B and 7B, "
         "Qwen3-VL and Qwen3.5 are Apache-2.0; the largest ones have the Qwen license). This demo's "
@@ -20,7 +23,7 @@ EN: dict[str, str] = {
     "status_loading": "⏳ Loading the model…",
     "status_ready": "✅ Ready",
     "status_failed": "❌ The model could not be loaded",
-    "placeholder": "Ask about an image or a video…",
+    "placeholder": "Ask about an image, a video or a PDF…",
     "placeholder_loading": "The model is loading; you can type as soon as it is ready…",
     "chatbot": "Chat",
     "settings": "⚙️ Settings",
@@ -38,13 +41,18 @@ EN: dict[str, str] = {
     "max_pixels": "Image max pixels",
     "video_fps": "Video frames per second",
     "max_frames": "Video max frames",
+    "pdf_pages": "PDF pages",
+    "pdf_pages_placeholder": "All pages; or e.g. 1-3, 7, 10-",
+    "camera": "📷 Camera: take a photo or record a clip for your message",
+    "camera_photo": "Photo",
+    "camera_clip": "Clip",
     "export": "⬇️ Export conversation",
     "import": "⬆️ Import conversation",
     "conversation_file": "Conversation file (.zip)",
 }
 
 ZH: dict[str, str] = {
-    "header": "就图片和视频进行对话。让它寻找物体，它会在图上画出方框。",
+    "header": "就图片、视频和 PDF 文档进行对话。让它寻找物体，它会在图上画出方框。",
     "license": (
         "请查看所用模型的许可（Qwen2-VL 2B/7B、Qwen2.5-VL 3B/7B、Qwen3-VL 与 Qwen3.5 "
         "采用 Apache-2.0，最大的型号采用 Qwen 许可）。本演示代码采用 Apache-2.0 许可。"
@@ -53,7 +61,7 @@ ZH: dict[str, str] = {
     "status_loading": "⏳ 模型加载中…",
     "status_ready": "✅ 就绪",
     "status_failed": "❌ 模型加载失败",
-    "placeholder": "就图片或视频提问…",
+    "placeholder": "就图片、视频或 PDF 提问…",
     "placeholder_loading": "模型加载中，就绪后即可输入…",
     "chatbot": "对话",
     "settings": "⚙️ 设置",
@@ -71,6 +79,11 @@ ZH: dict[str, str] = {
     "max_pixels": "图片最多像素数",
     "video_fps": "视频每秒采样帧数",
     "max_frames": "视频最多帧数",
+    "pdf_pages": "PDF 页码",
+    "pdf_pages_placeholder": "全部页面；或如 1-3, 7, 10-",
+    "camera": "📷 相机：拍照或录制短片，附加到消息中",
+    "camera_photo": "照片",
+    "camera_clip": "短片",
     "export": "⬇️ 导出对话",
     "import": "⬆️ 导入对话",
     "conversation_file": "对话文件（.zip）",

@@ -3,7 +3,8 @@
 Pure functions: nothing here reads files or mutates its input. A file part stays a path
 (`{"type": "file", "path": ...}`) until `attach_media` turns it into the media object the
 caller's `open_file` makes of it (`app.media.prepare` in the app): `{"type": "image", "image":
-<Media>}` or the same for a video. The request then carries its media inside its messages.
+<Media>}` or the same for a video; a document (PDF) becomes its pages, each an image after a
+"Page N of name:" text. The request then carries its media inside its messages.
 
 Conventions of the chat history this app writes:
 - a user turn may span several consecutive user messages (files, then text); they are merged
@@ -221,22 +222,34 @@ def attach_media(messages: Sequence[Message], open_file: Callable[[str], Any]) -
             attached.append(dict(message))
             continue
         current = index == len(messages) - 1
-        parts = [part for part in (_open(p, open_file, current) for p in content) if part]
+        parts = [opened for part in content for opened in _open(part, open_file, current)]
         if parts:
             attached.append({**message, "content": parts})
     return attached
 
 
-def _open(part: dict[str, Any], open_file: Callable[[str], Any], current: bool) -> dict | None:
+def _open(part: dict[str, Any], open_file: Callable[[str], Any], current: bool) -> list[dict]:
     if part.get("type") != "file":
-        return part
+        return [part]
     try:
         media = open_file(part["path"])
     except UserFacingError:
         if current:
             raise
-        return None
-    return {"type": media.kind, media.kind: media}
+        return []
+    if hasattr(media, "pages"):  # a document: each page an image, after its label
+        return [p for page in media.pages for p in page_parts(page)]
+    return [{"type": media.kind, media.kind: media}]
+
+
+def page_label(page: Any) -> str:
+    """The text before a document's page in the prompt, naming the page and its file."""
+    return f"Page {page.page} of {page.name}:\n"
+
+
+def page_parts(page: Any) -> list[dict[str, Any]]:
+    """A document's page as prompt parts: its label, then the page as an image."""
+    return [{"type": "text", "text": page_label(page)}, {"type": "image", "image": page}]
 
 
 def media_parts(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -20,8 +20,10 @@ from app.engine import GenerationOptions
 from app.errors import UserFacingError
 from app.i18n import EN
 from app.media import MediaLimits
+from app.media.pdf import MAX_PDF_PAGES, parse_page_range
 
 MAX_SYSTEM_PROMPT_CHARS = 20_000  # longer would not fit the context anyway
+MAX_PAGE_RANGE_CHARS = 200
 MAX_NEW_TOKENS = 8192
 THINKING_MAX_NEW_TOKENS = 4096  # a thinking model's reasoning alone often takes thousands
 SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty")
@@ -61,6 +63,7 @@ FIELDS: tuple[Field, ...] = (
     Field("max_pixels", int, 28 * 28, "max_pixels"),
     Field("video_fps", float, 0.1, 8.0, 0.1),
     Field("max_frames", int, 2, "max_frames", 2),
+    Field("pdf_pages", str, maximum=MAX_PAGE_RANGE_CHARS),
 )
 NAMES = tuple(f.name for f in FIELDS)
 
@@ -115,6 +118,7 @@ def defaults(
         "max_pixels": settings.max_pixels,
         "video_fps": settings.video_fps,
         "max_frames": settings.max_frames,
+        "pdf_pages": "",
     }
     values |= {k: v for k, v in (generation or {}).items() if k in SAMPLING}
     return {f.name: check(f, values[f.name], settings) for f in FIELDS}
@@ -203,12 +207,14 @@ def chat_options(
         for spec in FIELDS
     }  # fmt: skip
     max_pixels = checked["max_pixels"]
+    parse_page_range(checked["pdf_pages"], MAX_PDF_PAGES)  # a malformed range is said now
     media = replace(
         limits_from_settings(settings),
         min_pixels=min(checked["min_pixels"], max_pixels),
         max_pixels=max_pixels,
         video_fps=checked["video_fps"],
         max_frames=checked["max_frames"],
+        pdf_pages=checked["pdf_pages"],
     )
     generation_options = GenerationOptions(
         max_new_tokens=checked["max_new_tokens"],

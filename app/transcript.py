@@ -15,7 +15,8 @@ check failure is a TranscriptError (a UserFacingError) saying what is wrong, and
 the transcript refers to are written, under names of our own. Costs are bounded before and
 while extracting: each member and all of them together at most `max_bytes` (the upload limit),
 a member that claims to expand more than MAX_RATIO times is refused, sizes are counted as they
-are written (zip headers can lie), and each file must be an image or a video by its content.
+are written (zip headers can lie), and each file must be an image, a video or a PDF by its
+content.
 Export writes only files that pass the trust rule (`app.trust`): a chat value names paths the
 client chose.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 from app.errors import UserFacingError
 from app.media import sniff_kind
+from app.media.pdf import is_pdf
 from app.messages import content_parts
 from app.trust import display_name, is_trusted
 
@@ -277,7 +279,10 @@ def _copy_limited(
 
 
 def _check_media(path: Path, shown: str) -> None:
-    """An imported file must be an image or a video by its content."""
+    """An imported file must be an image, a video or a PDF by its content (a PDF's pages are
+    read, in a child process, when a turn sends it)."""
+    if is_pdf(path):
+        return
     try:
         sniff_kind(path, shown)
     except UserFacingError as exc:

@@ -43,12 +43,13 @@ from app.messages import user_turn_messages
 from app.options import FIELDS, NAMES, Field, defaults
 from app.requestlog import client_scope, log_refusal
 from app.scratch import new_folder
+from app.tools import register_tools
 from app.transcript import export_transcript, import_transcript
 from app.trust import ASSETS, check_client_value
 
 LOGO = ASSETS / "logo.svg"
 EXAMPLES = ASSETS / "examples"
-FILE_TYPES = ["image", "video"]
+FILE_TYPES = ["image", "video", ".pdf"]
 GROUNDING_EXAMPLE = "Find the cat and the ball in this picture and give their bounding boxes."
 # Gradio's copies of uploads and outputs: checked hourly, removed a day after their last use.
 DELETE_CACHE = (3600, 24 * 3600)
@@ -162,7 +163,8 @@ def setting_component(spec: Field, value: Any, settings: Settings) -> gr.Compone
     common = {"value": value, "label": t(spec.name), "render": False}
     low, high = spec.bounds(settings)
     if spec.kind is str:
-        return components.Textbox(lines=2, placeholder=t("system_prompt_placeholder"), **common)
+        lines = 2 if spec.name == "system_prompt" else 1
+        return components.Textbox(lines=lines, placeholder=t(f"{spec.name}_placeholder"), **common)
     if spec.kind is bool:
         return components.Checkbox(visible=spec.name != "enable_thinking", **common)
     if spec.step is not None and low is not None and high is not None:
@@ -218,6 +220,38 @@ def render_header(title: str) -> None:
             gr.Markdown(f"# {html.escape(title)}", elem_id="model-name")
             gr.Markdown(t("header"))
             gr.Markdown(t("license"), elem_id="license")
+
+
+def attach_capture(capture: str | None, message: Any) -> tuple[Any, Any]:
+    """The message being written with the camera's photo or clip added to its files; the
+    camera is cleared for the next one. (Both values come from the client.)"""
+    if not capture:
+        return gr.skip(), gr.skip()
+    message = message if isinstance(message, dict) else {}
+    files = message.get("files")
+    files = [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    text = message.get("text") if isinstance(message.get("text"), str) else ""
+    return {"text": text, "files": [*files, capture]}, None
+
+
+def render_camera(textbox: gr.Component) -> None:
+    """A photo or a short clip from the webcam, attached to the message (the multimodal
+    textbox offers only uploads). Browsers open the camera on HTTPS or localhost only; phones'
+    file pickers offer their camera anyway."""
+    mirror = gr.WebcamOptions(mirror=False)  # what the camera sees is what the model sees
+    with gr.Accordion(t("camera"), open=False, elem_id="camera"), gr.Row():
+        photo = gr.Image(
+            sources=["webcam"], type="filepath", label=t("camera_photo"), webcam_options=mirror,
+            elem_id="camera-photo", height=240,
+        )  # fmt: skip
+        clip = components.CameraClip(
+            sources=["webcam"], label=t("camera_clip"), webcam_options=mirror,
+            include_audio=False, elem_id="camera-clip", height=240,
+        )  # fmt: skip
+    for capture in (photo, clip):
+        capture.change(
+            attach_capture, [capture, textbox], [textbox, capture], api_visibility="private"
+        )
 
 
 def export_conversation(history: list[dict]) -> Any:
@@ -394,9 +428,11 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             settings,
             values,
         )
+        register_tools(engine, settings, shared, demo.streams)
         chat.chatbot.like(rate, chat.chatbot, None, api_visibility="private")
         with chat_area:
             cost = gr.Markdown(elem_id="cost-preview")
+            render_camera(chat.textbox)
         gr.on(
             [chat.textbox.change, *(c.change for c in inputs)],  # type: ignore[attr-defined]
             show_cost,

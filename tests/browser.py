@@ -37,13 +37,14 @@ def chromium_or_skip() -> str:
 
 
 @contextmanager
-def browser_page(url: str, **context_options: Any) -> Iterator:
-    """A page at `url` in a fresh browser (its own cookies and local storage)."""
+def browser_page(url: str, args: tuple[str, ...] = (), **context_options: Any) -> Iterator:
+    """A page at `url` in a fresh browser (its own cookies and local storage); `args` are more
+    chromium flags."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_or_skip()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=executable, args=[*FLAGS, *args])
         try:
             options = {"viewport": {"width": 1280, "height": 900}, "locale": "en-US"}
             page = browser.new_context(**(options | context_options)).new_page()

@@ -166,10 +166,13 @@ def test_chinese_labels_on_a_phone(scripted_app):
     url, _ = scripted_app
     with browser_page(url, locale="zh-CN", viewport={"width": 390, "height": 844}) as page:
         wait_ready(page)
-        assert page.get_by_text("就图片和视频进行对话").is_visible()
+        assert page.get_by_text("就图片、视频和 PDF 文档进行对话").is_visible()
         assert page.get_by_text("设置").first.is_visible()
         assert page.get_by_role("button", name="导出对话").is_visible()
-        assert page.locator("textarea").first.get_attribute("placeholder") == "就图片或视频提问…"
+        assert (
+            page.locator("textarea").first.get_attribute("placeholder")
+            == "就图片、视频或 PDF 提问…"
+        )
         screenshot(page, "phone-zh")
         ask_the_grounding_example(page)
         width = page.evaluate("document.documentElement.scrollWidth")

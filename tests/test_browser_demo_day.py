@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from app.config import Settings
+from app.messages import media_of
 from tests.browser import browser_page, launch_demo, screenshot, send, wait_answers, wait_ready
 from tests.conftest import Recording, free_port
 
@@ -147,3 +148,71 @@ def test_a_turn_that_will_not_fit_says_so_with_the_setting_to_lower(small_contex
     filled, _ = map(number, FILL.search(fits).groups())
     assert filled <= 700 and "big.png" in fits
     assert len(engine.requests) == asked, "a preview never asks the model"
+
+
+# --- documents --------------------------------------------------------------------------------
+
+FONT = "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+
+
+def text_pdf(path: Path, lines: list[str]) -> Path:
+    """A PDF of one A6 page per line of text (Helvetica)."""
+    from tests.test_pdf import pdf_bytes
+
+    pages = [(298, 420, 0, f"BT /F1 28 Tf 30 300 Td ({line}) Tj ET") for line in lines]
+    font = 3 + 2 * len(pages)
+    path.write_bytes(pdf_bytes(pages, f"/Resources << /Font << /F1 {font} 0 R >> >>", (FONT,)))
+    return path
+
+
+def test_a_pdf_is_read_as_its_pages(app, tmp_path):
+    url, recording = app
+    pdf = text_pdf(tmp_path / "menu.pdf", ["Soup 4.50", "Salad 6.00", "Cake 3.20"])
+    with browser_page(url, viewport={"width": 1280, "height": 1300}) as page:
+        wait_ready(page)
+        page.locator("textarea").first.fill("Which dish is the cheapest?")
+        page.locator("input[type=file]").first.set_input_files([str(pdf)])
+        page.get_by_text("menu.pdf: 3 pages").wait_for(timeout=30_000)
+        page.locator("textarea").first.press("Enter")
+        wait_answers(page, 1)
+        page.get_by_text("menu.pdf").first.wait_for()  # the user's bubble holds the document
+        page.wait_for_timeout(300)  # the conversation list updates after the answer
+        screenshot(page, "pdf")
+    pages = media_of(recording.requests[-1].messages)
+    assert [p.page for p in pages] == [1, 2, 3] and {p.name for p in pages} == {"menu.pdf"}
+    first = pages[0].decode().image
+    dark = sum(1 for pixel in first.getdata() if sum(pixel) < 200)
+    assert dark > 50, "the page's text was rendered"
+
+
+# --- the camera -------------------------------------------------------------------------------
+
+FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+PLAYING = "id => document.querySelector(id + ' video')?.readyState >= 2"  # the camera shows
+
+
+def test_a_photo_and_a_clip_from_the_camera_join_the_message(app):
+    url, recording = app
+    with browser_page(url, args=FAKE_CAMERA, viewport={"width": 1280, "height": 1300}) as page:
+        wait_ready(page)
+        page.locator("#camera").click()
+        page.locator("#camera-photo").get_by_text("Click to Access Webcam").click()
+        page.wait_for_function(PLAYING, arg="#camera-photo")
+        page.get_by_label("capture photo").click()
+        thumbnails = page.locator(".thumbnail-item")
+        thumbnails.first.wait_for(timeout=30_000)
+        page.locator("#camera-clip").get_by_text("Click to Access Webcam").click()
+        page.wait_for_function(PLAYING, arg="#camera-clip")
+        page.get_by_label("start recording").click()
+        page.wait_for_timeout(1500)
+        screenshot(page, "camera")
+        page.locator("#camera-clip button", has_text="Stop").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('.thumbnail-item').length === 2",
+            timeout=30_000,
+        )
+        send(page, "What do you see?")
+        wait_answers(page, 1)
+    photo, clip = media_of(recording.requests[-1].messages)
+    assert photo.kind == "image" and photo.header.width >= 320, "the camera's picture"
+    assert clip.kind == "video" and clip.frames >= 2 and clip.header.duration > 0.5

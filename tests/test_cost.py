@@ -75,3 +75,23 @@ def test_older_turns_to_be_left_out_are_announced(engine, red):
     )
     assert preview and preview.turns_left_out > 0
     assert f"The {preview.turns_left_out} oldest turns will be left out" in preview.markdown()
+
+
+def test_a_documents_pages_are_summed_under_its_name(engine, tmp_path):
+    from tests.test_pdf import THREE_PAGES, pdf_bytes
+
+    path = tmp_path / "report.pdf"
+    path.write_bytes(pdf_bytes(THREE_PAGES))
+    preview = preview_turn(engine, Settings(), {"text": "", "files": [str(path)]}, [], {})
+    assert preview and preview.problem is None and len(preview.files) == 3
+    tokens = sum(page.tokens for page in preview.files)
+    assert f"📄 report.pdf: 3 pages, {tokens:,} visual tokens" in preview.markdown()
+    narrow = preview_turn(
+        engine,
+        Settings(max_context=1000 + 8),
+        {"text": "", "files": [str(path)]},
+        [],
+        {"max_new_tokens": 8, "max_pixels": 400 * 28 * 28},
+    )
+    assert narrow and narrow.pages_left_out, narrow
+    assert "Left out: page" in narrow.markdown()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import httpx
 import pytest
 from gradio_client import Client
@@ -10,8 +13,9 @@ from app.config import Settings
 from app.engine.local import LocalEngine
 from app.hosting import parse_auth, server_name
 from app.ui import build_demo
+from tests.browser import launch_demo
 from tests.conftest import free_port
-from web_demo_mm import serve
+from web_demo_mm import main, serve
 
 
 def test_binds_all_interfaces_only_when_hosted():
@@ -87,3 +91,38 @@ def test_failed_model_load_reports_503_with_the_reason(tmp_path, tiny_checkpoint
         assert "failed to load" in response.json()["message"]
     finally:
         demo.close()
+
+
+# --- HTTPS for the camera on a local network ---------------------------------------------------
+
+
+def test_https_with_a_certificate_and_its_key(tiny_checkpoint, tmp_path):
+    """Browsers open the camera only on HTTPS (or localhost): --ssl-certfile/--ssl-keyfile."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl makes the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    settings = Settings(
+        checkpoint_path=str(tiny_checkpoint),
+        cpu_only=True,
+        server_port=free_port(),
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    )
+    demo = launch_demo(LocalEngine(settings).start(background=False), settings)
+    try:
+        health = httpx.get(f"https://127.0.0.1:{settings.server_port}/health", verify=False)
+        assert health.status_code == 200 and health.json()["status"] == "ready"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{settings.server_port}/health")
+    finally:
+        demo.close()
+
+
+def test_a_certificate_without_its_key_stops_the_start():
+    with pytest.raises(SystemExit, match="go together"):
+        main(["--ssl-certfile", "cert.pem", "--cpu-only"])

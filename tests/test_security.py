@@ -155,6 +155,9 @@ def test_no_event_opens_a_file_outside_the_trust_rule(app, secrets, monkeypatch)
     requests_before = len(recording.requests)
     dependencies = config(url)["dependencies"]
     assert len(dependencies) > 40, "the page's events, ChatInterface's included"
+    walked = {d.get("api_name") for d in dependencies}
+    new_events = {"show_cost", "rate", "attach_capture", "ask", "find_objects"}
+    assert new_events <= walked, "cost preview, feedback, camera and the MCP tools are walked"
     calls = [(name, value, d) for name, value in attacks(secrets).items() for d in dependencies]
 
     def attack(call: tuple) -> tuple[str, int, str]:

@@ -36,7 +36,7 @@ from app.engine.prefix_cache import PrefixCache, supports_prefix_cache
 from app.engine.worker import CountingStreamer, Job, ModelWorker, read_job
 from app.errors import UserFacingError
 from app.grounding import family_of
-from app.media import Geometry, ImageInput, VideoInput
+from app.media import Geometry, ImageInput, VideoInput, decode_all
 from app.messages import TEMPLATE_TOKENS, media_of
 from app.options import generation_defaults
 
@@ -171,7 +171,7 @@ class LocalEngine:
             add_vision_id=request.add_vision_id,
             **(switch if self.prompt_format.thinking_switch else {}),
         )
-        decoded = [media.decode() for media in media_of(request.messages)]
+        decoded = decode_all(media_of(request.messages))
         return processor_inputs(self.processor, prompt, decoded)
 
     def count_tokens(self, text: str) -> int:

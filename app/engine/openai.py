@@ -58,8 +58,8 @@ from app.engine import (
 )
 from app.errors import UserFacingError
 from app.grounding import Family, family_of
-from app.media import QWEN2_VL, Geometry, ImageInput, VideoInput
-from app.messages import TEMPLATE_TOKENS
+from app.media import QWEN2_VL, Geometry, ImageInput, VideoInput, decode_all
+from app.messages import TEMPLATE_TOKENS, media_of
 from app.thinking import CLOSE as THINK_CLOSE
 from app.thinking import OPEN as THINK_OPEN
 
@@ -128,6 +128,8 @@ def to_openai_messages(
     """
     counts = {"image": 0, "video": 0}
     converted: list[dict[str, Any]] = []
+    users = [m for m in messages if m["role"] == "user"]
+    decoded = iter(decode_all(media_of(users)))  # in prompt order, as the parts come
     for message in messages:
         role, content = message["role"], message.get("content")
         if role != "user" or isinstance(content, str):
@@ -143,7 +145,7 @@ def to_openai_messages(
                 if add_vision_id:
                     label = "Picture" if kind == "image" else "Video"
                     parts.append({"type": "text", "text": f"{label} {counts[kind]}: "})
-                parts.extend(_media_parts(part[kind].decode(), video_format))
+                parts.extend(_media_parts(next(decoded), video_format))
         converted.append({"role": role, "content": parts})
     return converted
 

@@ -3,12 +3,15 @@
 `prepare(path, limits)` turns one upload into one `Media`: its name, content hash, kind, the
 facts its header gives (size, frame count, every frame's time) and the plan for this request's
 limits (the size it is fed at, which frames, how many visual tokens), all without decoding.
+A PDF becomes a `Document`: its chosen pages (the `pdf_pages` limit), each an image `Media`
+rendered on demand (`pdf`: pdfium in a child process), a document's pages by one child
+(`decode_all`).
 `Media.decode()` decodes when an engine needs the pixels, through one cache keyed by content
 (within one client) and plan and bounded in bytes, with at most DECODE_SLOTS decodes at once.
 So the token budget is settled before anything is decoded, and turns it leaves out never are.
 
 Modules: `sizing` (smart_resize, frame counts, token counts), `sniff` (what a file is, and the
-messages for bad ones), `images` and `video` (headers and decoding).
+messages for bad ones), `images`, `video` and `pdf` (headers and decoding).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,14 @@ from app.media.images import (
     decode_still,
     image_header,
     rgb_on_white,
+)
+from app.media.pdf import (
+    PdfHeader,
+    is_pdf,
+    page_size,
+    parse_page_range,
+    pdf_header,
+    render_pages,
 )
 from app.media.sizing import (
     QWEN2_VL,
@@ -63,11 +75,13 @@ __all__ = [
     "KINDS",
     "QWEN2_VL",
     "Geometry",
+    "Document",
     "ImageInput",
     "Kind",
     "Media",
     "MediaLimits",
     "VideoInput",
+    "decode_all",
     "load_media",
     "prepare",
     "rgb_on_white",
@@ -80,7 +94,7 @@ HEADER_CACHE_ENTRIES = 512  # files whose header facts are kept (a few KB each)
 DECODE_SLOTS = 2  # decodes at once: more would only share the CPU and add up their memory
 _HASH_CHUNK = 1024 * 1024
 
-Header = ImageHeader | VideoHeader
+Header = ImageHeader | VideoHeader | PdfHeader
 Plan = ImagePlan | VideoPlan
 Decoded = ImageInput | VideoInput
 
@@ -110,12 +124,18 @@ class Media:
         return self.plan.size
 
     @property
+    def page(self) -> int | None:
+        """The page number (from 1) of a document's page; None for other media."""
+        page = getattr(self.plan, "page", None)
+        return None if page is None else page + 1
+
+    @property
     def frames(self) -> int:
         return len(self.plan.indices) if isinstance(self.plan, VideoPlan) else 1
 
     def decode(self) -> Decoded:
         """The pixels, decoded now or taken from the cache."""
-        key = (self.scope, self.digest, self.plan)
+        key = _cache_key(self)
         cached = _decoded.get(key)
         if cached is not None:
             return cached
@@ -132,8 +152,9 @@ def prepare(
     *,
     name: str | None = None,
     scope: str = "",
-) -> Media:
-    """The media object of a client's upload: trust rule, header, plan; nothing decoded.
+) -> Media | Document:
+    """The media object of a client's upload (a `Document` for a PDF): trust rule, header,
+    plan; nothing decoded or rendered.
 
     Raises UserFacingError (naming the file) for a file outside the trust rule, a bad file or
     one over the limits.
@@ -141,6 +162,8 @@ def prepare(
     resolved = trusted_file(path)
     name = name or display_name(str(path))
     digest, kind, header = _header(resolved, name, limits)
+    if isinstance(header, PdfHeader):
+        return _document(resolved, name, digest, header, limits, geometry, scope)
     if kind == "image":
         assert isinstance(header, ImageHeader)
         plan: Plan = ImagePlan(image_size(header.width, header.height, limits, name, geometry))
@@ -150,6 +173,53 @@ def prepare(
         plan = plan_video(header, limits, name, geometry)
         tokens = geometry.video_tokens(len(plan.indices), *plan.size)
     return Media(resolved, name, digest, kind, header, plan, tokens, limits, scope)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A PDF upload: the pages the `pdf_pages` limit chose, each an image `Media`."""
+
+    name: str
+    pages: tuple[Media, ...]
+    page_count: int  # pages in the document
+
+
+def _document(
+    path: Path,
+    name: str,
+    digest: str,
+    header: PdfHeader,
+    limits: MediaLimits,
+    geometry: Geometry,
+    scope: str,
+) -> Document:
+    pages = []
+    for index in parse_page_range(limits.pdf_pages, header.pages):
+        size = page_size(header.sizes[index], limits, geometry, name)
+        # The header's size is the page at the render resolution: what the page "is".
+        width, height = size
+        image = ImageHeader(width, height, "PDF")
+        plan = ImagePlan(size, page=index)
+        tokens = geometry.image_tokens(*size)
+        pages.append(Media(path, name, digest, "image", image, plan, tokens, limits, scope))
+    return Document(name, tuple(pages), header.pages)
+
+
+def decode_all(media: Sequence[Media]) -> list[Decoded]:
+    """The pixels of each media object, as `Media.decode()`; the uncached pages of one document
+    are rendered together (one child process, not one per page)."""
+    documents: dict[tuple[Path, str], list[Media]] = {}
+    for item in media:
+        if item.page is not None and _decoded.get(_cache_key(item)) is None:
+            documents.setdefault((item.path, item.scope), []).append(item)
+    for pages in documents.values():
+        wanted = [(p.page - 1, p.plan.size) for p in pages if p.page is not None]
+        with _decode_slots:
+            rendered = render_pages(pages[0].path, wanted, pages[0].name)
+        for page, image in zip(pages, rendered, strict=True):
+            decoded = ImageInput(image)
+            _decoded.put(_cache_key(page), decoded, _decoded_bytes(decoded))
+    return [item.decode() for item in media]
 
 
 def load_media(path: str | os.PathLike[str], limits: MediaLimits) -> Decoded:
@@ -163,6 +233,8 @@ def load_media(path: str | os.PathLike[str], limits: MediaLimits) -> Decoded:
 
 
 def _plan(kind: Kind, header: Header, limits: MediaLimits, name: str) -> Plan:
+    if isinstance(header, PdfHeader):
+        raise UserFacingError(f"'{name}' is a PDF document, not an image or a video.")
     if kind == "image":
         assert isinstance(header, ImageHeader)
         return ImagePlan(image_size(header.width, header.height, limits, name))
@@ -175,7 +247,7 @@ def _plan(kind: Kind, header: Header, limits: MediaLimits, name: str) -> Plan:
 
 def _header_limits(limits: MediaLimits) -> tuple[Any, ...]:
     """The limits that decide whether a header is accepted (not the per-session sizes)."""
-    sizing = {"min_pixels", "max_pixels", "video_fps", "min_frames", "max_frames"}
+    sizing = {"min_pixels", "max_pixels", "video_fps", "min_frames", "max_frames", "pdf_pages"}
     sizing |= {"video_min_pixels", "video_max_pixels", "video_total_pixels"}
     return tuple(getattr(limits, f.name) for f in fields(limits) if f.name not in sizing)
 
@@ -196,6 +268,8 @@ def _header(path: Path, name: str, limits: MediaLimits) -> tuple[str, Kind, Head
 
 def _read_header(path: Path, name: str, limits: MediaLimits) -> tuple[str, Kind, Header]:
     check_file(path, limits.max_upload_bytes, name)
+    if _is_document(path, name):
+        return _digest(path), "image", pdf_header(path, name, limits)
     kind = sniff_kind(path, name)
     im = open_image(path, name)
     if im is None:
@@ -209,6 +283,20 @@ def _read_header(path: Path, name: str, limits: MediaLimits) -> tuple[str, Kind,
     return _digest(path), kind, header
 
 
+def _is_document(path: Path, name: str) -> bool:
+    """A PDF by its signature, unless Pillow reads the file as an image (whose metadata may
+    hold the signature too)."""
+    if not is_pdf(path):
+        return False
+    try:
+        im = open_image(path, name)
+    except UserFacingError:
+        return False  # an image too large to open is still an image: loading explains
+    if im is not None:
+        im.close()
+    return im is None
+
+
 def _digest(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
@@ -220,7 +308,14 @@ def _digest(path: Path) -> str:
 # --- decoding ---------------------------------------------------------------------------------
 
 
+def _cache_key(media: Media) -> tuple[str, str, Plan]:
+    return (media.scope, media.digest, media.plan)
+
+
 def _decode(media: Media) -> Decoded:
+    if isinstance(media.plan, ImagePlan) and media.plan.page is not None:
+        [page] = render_pages(media.path, [(media.plan.page, media.plan.size)], media.name)
+        return ImageInput(page)
     if isinstance(media.plan, ImagePlan):
         assert isinstance(media.header, ImageHeader)
         im = open_image(media.path, media.name)

@@ -33,9 +33,10 @@ class ImageInput:
 
 @dataclass(frozen=True)
 class ImagePlan:
-    """The (width, height) an image is fed at."""
+    """The (width, height) an image is fed at; for a document's page, which page (0-based)."""
 
     size: tuple[int, int]
+    page: int | None = None
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class MediaLimits:
     # Frame area x frames decoded for one video (about 20 s of CPU): past it, the remaining
     # samples take the keyframe before them instead of decoding on to the exact frame.
     max_decode_pixels: int = 10_000_000_000
+    pdf_pages: str = ""  # which pages of a PDF are read, e.g. "1-3, 7" (empty: all of them)
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pixels <= self.max_pixels:
