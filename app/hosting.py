@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import gradio as gr
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from app.admission import Caller
 from app.config import Settings
 from app.engine import Engine
+from app.errors import UserFacingError
 from app.markup import EDIT_BOX_SCRIPT
 
 LOCALHOST = "127.0.0.1"
@@ -123,6 +126,25 @@ def client_of(username: str | None, client_host: str | None, headers: Mapping[st
     if username:
         return f"user:{username}"
     return f"address:{peer_address(client_host, headers)}"
+
+
+def caller_of(request: gr.Request | None, streams: StreamTracker) -> Caller:
+    """Who sends this event (client_of), and whether its answer is being read."""
+    if request is None:
+        return Caller()
+    session = request.session_hash or ""
+    host = request.client.host if request.client else None
+    return Caller(
+        client=client_of(request.username, host, request.headers),
+        session=session,
+        listening=lambda: streams.is_open(session),
+    )
+
+
+def refusal(exc: UserFacingError) -> gr.Error:
+    """The client's error for a refused request: its message, no traceback in the server log
+    (refusals are expected, and cheap to send: they must not fill the log)."""
+    return gr.Error(str(exc), print_exception=False)
 
 
 def _scope_headers(scope: Scope) -> dict[str, str]:

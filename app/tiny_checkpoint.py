@@ -12,8 +12,8 @@ Families (`FAMILIES`), each with its real config, model, processor and tokenizer
 * `qwen2_vl`, `qwen2_5_vl`: patch 14 (resize factor 28), Qwen2-VL's template (`CHAT_TEMPLATE`).
 * `qwen3_vl`, `qwen3_vl_moe`: Qwen3-VL (dense, MoE) with the Instruct template;
   `qwen3_vl_thinking`: the same model with the Thinking template (prompts end in "<think>\n").
-* `qwen3_5`: Qwen3.5 (Gated DeltaNet linear-attention layers plus full-attention ones), with the
-  template of Qwen3.5-4B and larger (`enable_thinking`, on by default).
+* `qwen3_5`, `qwen3_5_moe`: Qwen3.5 (Gated DeltaNet linear-attention layers plus full-attention
+  ones; dense, MoE), with the template of Qwen3.5-4B and larger (`enable_thinking`, on by default).
 
 The Qwen3 families use `Qwen3VLProcessor` (`Qwen2VLImageProcessor` + `Qwen3VLVideoProcessor`):
 patch 16, merge 2, temporal patch 2 (resize factor 32), image mean/std 0.5, as the real
@@ -71,6 +71,7 @@ _FAMILIES = {
     "qwen3_vl_moe": _Family("Qwen3VLMoe", "Qwen3VLProcessor", "qwen3_vl_instruct.jinja"),
     "qwen3_vl_thinking": _Family("Qwen3VL", "Qwen3VLProcessor", "qwen3_vl_thinking.jinja"),
     "qwen3_5": _Family("Qwen3_5", "Qwen3VLProcessor", "qwen3_5.jinja"),
+    "qwen3_5_moe": _Family("Qwen3_5Moe", "Qwen3VLProcessor", "qwen3_5.jinja"),
 }
 FAMILIES = tuple(_FAMILIES)
 QWEN3_FAMILIES = tuple(family for family in FAMILIES if family.startswith("qwen3"))
@@ -239,7 +240,7 @@ def _corpus() -> list[str]:
 
 def _tokenizer_class(family: str) -> tuple[Any, str]:
     """The family's tokenizer class and its pre-tokenizer regex."""
-    if family == "qwen3_5":
+    if _is_qwen3_5(family):
         from transformers import Qwen3_5Tokenizer
         from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX as regex
 
@@ -311,6 +312,11 @@ def _text_config(dims: _Dims, vocab_size: int, ids: dict[str, int]) -> dict[str,
     }
 
 
+def _is_qwen3_5(family: str) -> bool:
+    """Qwen3.5, dense or MoE: linear-attention layers, a quarter of head_dim rotated."""
+    return family.startswith("qwen3_5")
+
+
 def _qwen3_head_dim(dims: _Dims) -> int:
     """hidden / heads (Qwen3-VL-2B: 128), at least 32, so Qwen3.5's quarter has 4 frequencies."""
     return max(dims.hidden // dims.heads, 32)
@@ -324,7 +330,7 @@ def mrope_section(family: str, rotary_dim: int) -> list[int]:
     in turn (real: 64 -> [11, 11, 10]). Wrong sections do not raise, they shift silently.
     """
     half = rotary_dim // 2
-    if family == "qwen3_5":
+    if _is_qwen3_5(family):
         return [(half + 2) // 3, (half + 1) // 3, half // 3]
     spatial = half * 5 // 16
     return [half - 2 * spatial, spatial, spatial]
@@ -348,14 +354,14 @@ def _qwen3_text_config(
     family: str, dims: _Dims, vocab_size: int, ids: dict[str, int]
 ) -> dict[str, Any]:
     head_dim = _qwen3_head_dim(dims)
-    rotary_factor = 0.25 if family == "qwen3_5" else 1.0  # Qwen3.5 rotates a quarter of head_dim
+    rotary_factor = 0.25 if _is_qwen3_5(family) else 1.0  # Qwen3.5 rotates a quarter of head_dim
     rope: dict[str, Any] = {
         "rope_type": "default",
-        "rope_theta": 10000000.0 if family == "qwen3_5" else 5000000.0,
+        "rope_theta": 10000000.0 if _is_qwen3_5(family) else 5000000.0,
         "mrope_section": mrope_section(family, int(head_dim * rotary_factor)),
         "mrope_interleaved": True,
     }
-    if family == "qwen3_5":
+    if _is_qwen3_5(family):
         rope["partial_rotary_factor"] = rotary_factor
     text = {
         **_text_config(dims, vocab_size, ids),
@@ -364,11 +370,15 @@ def _qwen3_text_config(
         "rope_parameters": rope,
     }
     del text["max_window_layers"]  # Qwen2's sliding-window setting
-    if family == "qwen3_5":
+    if _is_qwen3_5(family):
         text.update(_qwen3_5_layers(dims))
     if family == "qwen3_vl_moe":
         moe = {"num_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 1}
         text.update(moe, moe_intermediate_size=dims.intermediate // 4)
+    if family == "qwen3_5_moe":  # routed experts plus one shared expert in every layer
+        moe = {"num_experts": 4, "num_experts_per_tok": 2}
+        quarter = dims.intermediate // 4
+        text.update(moe, moe_intermediate_size=quarter, shared_expert_intermediate_size=quarter)
     return text
 
 
@@ -384,7 +394,7 @@ def _qwen3_vision_config(family: str, dims: _Dims) -> dict[str, Any]:
         "out_hidden_size": dims.hidden,  # the merger's output: must be the text width
         "num_position_embeddings": 2304,  # the real value: a learned 48 x 48 grid (a square)
     }
-    if family != "qwen3_5":
+    if not _is_qwen3_5(family):
         # ViT blocks whose features are added after the first LLM layers (real: 8, 16, 24).
         vision["deepstack_visual_indexes"] = list(range(min(3, dims.vision_depth)))
     return vision

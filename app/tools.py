@@ -21,7 +21,7 @@ from app.chat import Shared, Update, answer
 from app.config import Settings
 from app.engine import Engine
 from app.errors import UserFacingError
-from app.hosting import StreamTracker
+from app.hosting import StreamTracker, caller_of, refusal
 
 FIND_PROMPT = "Find {objects} in this picture and give their bounding boxes."
 NO_BOXES = "The model gave no boxes for {objects!r}. Its answer: {text}"
@@ -46,7 +46,6 @@ def register_tools(
     engine: Engine, settings: Settings, shared: Shared, streams: StreamTracker
 ) -> None:
     """Adds the tools' endpoints to the page; call it inside the page's `with` block."""
-    from app.ui import caller_of, refusal  # here: app.ui calls this function (no import cycle)
 
     def finished(message: dict[str, Any], request: gr.Request | None) -> Update:
         """The whole answer to one message with the page's default settings, as `/chat` has

@@ -29,14 +29,14 @@ from typing import Any
 import gradio as gr
 
 from app import components
-from app.admission import Abandoned, Admission, Caller
+from app.admission import Abandoned, Admission
 from app.chat import ChatMessages, Shared, answer, respond
 from app.config import Settings
 from app.cost import preview_turn
 from app.engine import Engine
 from app.errors import UserFacingError
 from app.feedback import rate_answer
-from app.hosting import StreamTracker, client_of
+from app.hosting import StreamTracker, caller_of, refusal
 from app.i18n import TRANSLATIONS, key
 from app.markup import EDIT_BOX_SCRIPT, typed_user_text
 from app.messages import user_turn_messages
@@ -79,12 +79,6 @@ CSS = """
   #chat-area .row > .column:first-child > .block { max-height: 7.5rem; overflow-y: auto; }
 }
 """
-
-
-def refusal(exc: UserFacingError) -> gr.Error:
-    """The client's error for a refused request: its message, no traceback in the server log
-    (refusals are expected, and cheap to send: they must not fill the log)."""
-    return gr.Error(str(exc), print_exception=False)
 
 
 def t(name: str) -> Any:
@@ -293,19 +287,6 @@ def render_conversation_file(chat: gr.ChatInterface, settings: Settings) -> None
         upload,
         [chat.chatbot_value, chat.conversation_id],
         api_visibility="private",
-    )
-
-
-def caller_of(request: gr.Request | None, streams: StreamTracker) -> Caller:
-    """Who sends this event (app.hosting.client_of), and whether its answer is being read."""
-    if request is None:
-        return Caller()
-    session = request.session_hash or ""
-    host = request.client.host if request.client else None
-    return Caller(
-        client=client_of(request.username, host, request.headers),
-        session=session,
-        listening=lambda: streams.is_open(session),
     )
 
 

@@ -32,7 +32,10 @@ HEAVY_FIXTURES = {
     "tiny_checkpoint_25": "model",
     "tiny_checkpoint_3": "model",
     "tiny_checkpoint_35": "model",
+    "tiny_checkpoint_3_moe": "model",
+    "tiny_checkpoint_35_moe": "model",
     "tiny_checkpoint_thinking": "model",
+    "family_engine": "model",  # tests/test_families.py: each family's engine (getfixturevalue)
     "loaded": "model",  # tests/test_tiny_checkpoint.py: each family's model, loaded
     "app": "server",
     "served": "server",
@@ -90,6 +93,18 @@ def tiny_checkpoint_3() -> Path:
 def tiny_checkpoint_35() -> Path:
     """Qwen3.5 (linear-attention layers; thinking template with the enable_thinking switch)."""
     return build_tiny_checkpoint(CACHE / "tiny-qwen3_5", family="qwen3_5")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_3_moe() -> Path:
+    """Qwen3-VL MoE (routed experts in every layer)."""
+    return build_tiny_checkpoint(CACHE / "tiny-qwen3-vl-moe", family="qwen3_vl_moe")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_35_moe() -> Path:
+    """Qwen3.5 MoE (linear-attention layers, routed and shared experts)."""
+    return build_tiny_checkpoint(CACHE / "tiny-qwen3_5-moe", family="qwen3_5_moe")
 
 
 @pytest.fixture(scope="session")

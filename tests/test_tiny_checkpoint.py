@@ -101,7 +101,7 @@ NEW_TOKENS = 5
 # (QwenLM/Qwen3-VL README.md at 96588727e44c, "Add ids for Multiple Visual Inputs"); it is left
 # over from Qwen2-VL: Qwen3-VL's and Qwen3.5's templates have no default system prompt.
 QWEN2_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-THINKING_FAMILIES = ("qwen3_vl_thinking", "qwen3_5")  # prompts end in "<think>\n"
+THINKING_FAMILIES = ("qwen3_vl_thinking", "qwen3_5", "qwen3_5_moe")  # prompts end in "<think>\n"
 CLASSES = {  # family -> model, processor, tokenizer class names
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2Tokenizer"),
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2Tokenizer"),
@@ -109,6 +109,7 @@ CLASSES = {  # family -> model, processor, tokenizer class names
     "qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration", "Qwen3VLProcessor", "Qwen2Tokenizer"),
     "qwen3_vl_thinking": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen2Tokenizer"),
     "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor", "Qwen3_5Tokenizer"),
+    "qwen3_5_moe": ("Qwen3_5MoeForConditionalGeneration", "Qwen3VLProcessor", "Qwen3_5Tokenizer"),
 }
 # The official templates, verbatim below each file's source comment (app/tiny_checkpoint.py).
 TEMPLATE_SHA256 = {
@@ -383,9 +384,8 @@ def tokenizers() -> dict[str, Any]:
 def test_qwen3_configs_keep_the_rope_and_layer_rules(
     family: str, size: str, tokenizers: dict[str, Any]
 ) -> None:
-    config = build_config(
-        family, size, tokenizers["qwen3_5" if family == "qwen3_5" else "qwen3_vl"]
-    )
+    qwen3_5 = family.startswith("qwen3_5")
+    config = build_config(family, size, tokenizers["qwen3_5" if qwen3_5 else "qwen3_vl"])
     text, vision = config.get_text_config(), config.vision_config
     rope = text.rope_parameters
     rotary_dim = int(text.head_dim * rope.get("partial_rotary_factor", 1.0))
@@ -393,12 +393,14 @@ def test_qwen3_configs_keep_the_rope_and_layer_rules(
     assert t + h + w == rotary_dim // 2 and min(t, h, w) > 0
     assert 3 * h - 2 < rotary_dim // 2 and 3 * w - 1 < rotary_dim // 2  # interleaved slots exist
     assert vision.out_hidden_size == text.hidden_size
-    if family == "qwen3_5":
+    if qwen3_5:
         assert rope["partial_rotary_factor"] == 0.25
         assert len(text.layer_types) == text.num_hidden_layers
         assert text.layer_types[-1] == "full_attention"  # generate needs one
     else:
         assert all(index < vision.depth for index in vision.deepstack_visual_indexes)
+    if family.endswith("_moe"):
+        assert text.num_experts > text.num_experts_per_tok > 0
 
 
 def test_mrope_sections_match_the_real_models() -> None:
