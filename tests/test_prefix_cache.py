@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from app.config import Settings
-from app.engine import ChatRequest, GenerationOptions
+from app.engine import ChatRequest, GenerationOptions, worker
 from app.engine.local import LocalEngine
 from app.engine.prefix_cache import PrefixCache, reusable_length, vision_blocks
 from tests.uploads import clip, part, picture
@@ -156,6 +156,23 @@ def test_a_video_conversation_and_turns_left_out(engine):
     left_out = turn2[2:]  # the budget left turn 1 out: a new prefix after the system prompt
     text, _ = run(engine, request(left_out))
     assert text == cold(engine, request(left_out))
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_answer(engine, monkeypatch):
+    monkeypatch.setattr(worker, "PREFILL_CHUNK_TOKENS", 16)
+    widths: list[int] = []  # tokens per call of the language model
+
+    def counting(module, args, kwargs):
+        widths.append(kwargs["inputs_embeds"].shape[1])
+
+    turn = [user(red(), "Describe the picture, its colours and its shape, in detail.")]
+    hook = engine.model.model.language_model.register_forward_pre_hook(counting, with_kwargs=True)
+    text, cached = run(engine, request(turn, client="chunks"))
+    hook.remove()
+    prefill = [width for width in widths if width > 1]
+    assert cached == 0 and len(prefill) >= 2 and max(prefill) <= 16, widths
+    assert sum(prefill) == prompt_length(engine, request(turn)) - 1, "every prompt token once"
+    assert text == cold(engine, request(turn))
 
 
 def test_another_client_never_hits(engine):
