@@ -39,8 +39,16 @@ MCP_PATH = "/gradio_api/mcp"
 
 
 def mcp_body_bytes(settings: Settings) -> int:
-    """The most one MCP call may send: one file at the upload limit, in base64, and its JSON."""
-    return int(settings.max_upload_mb * 1024 * 1024 * 4 / 3) + 1024 * 1024
+    """The most one MCP call may send: one file at the upload limit, in base64, and its JSON,
+    and never more than the mcp library's own limit (4 MB), which answers a bare "Request body
+    too large" (Gradio does not let it be raised)."""
+    from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+
+    one_file = int(settings.max_upload_mb * 1024 * 1024 * 4 / 3) + 1024 * 1024
+    return min(one_file, DEFAULT_MAX_REQUEST_BODY_SIZE)
+
+
+MCP_TOO_LARGE = "Send larger files through the page or the /chat API (see the README)."
 
 
 def serve(demo: gr.Blocks, engine: Engine, settings: Settings, block: bool = True) -> gr.Blocks:
@@ -52,7 +60,7 @@ def serve(demo: gr.Blocks, engine: Engine, settings: Settings, block: bool = Tru
         Middleware(security_headers),
         Middleware(LoginThrottle().middleware),
         Middleware(demo.streams.middleware),  # type: ignore[attr-defined]
-        Middleware(body_limit(MCP_PATH, mcp_body_bytes(settings))),
+        Middleware(body_limit(MCP_PATH, mcp_body_bytes(settings), MCP_TOO_LARGE)),
     ]
     # api_open=False: queued events cannot be called around the queue (and its limits).
     demo.queue(default_concurrency_limit=64, max_size=settings.max_queue_size, api_open=False)

@@ -264,26 +264,38 @@ def _trim_message(
     max_media: int | None,
     prompt_format: PromptFormat,
 ) -> tuple[Mapping[str, Any], list[Any]]:
-    """The message without its last pages, as many as it takes to fit, and those pages."""
-    content = list(message["content"])
-    dropped: list[Any] = []
+    """The message without its last pages, as few as it takes to fit, and those pages.
 
-    def fits() -> bool:
-        [cost] = message_costs([{**message, "content": content}], count_tokens, add_vision_id,
+    How many pages to keep is found by bisection (fewer pages never cost more), so a message of
+    many pages is rendered and counted a few times, not once per page left out."""
+    content = list(message["content"])
+    pages = [i for i, part in enumerate(content) if _is_page(part)]
+
+    def keeping(count: int) -> list[dict[str, Any]]:
+        """The content with its first `count` pages (each with its label) and the rest."""
+        gone: set[int] = set()
+        for index in pages[count:]:
+            gone.add(index)
+            label = {"type": "text", "text": page_label(content[index]["image"])}
+            if index > 0 and content[index - 1] == label:
+                gone.add(index - 1)
+        return [part for i, part in enumerate(content) if i not in gone]
+
+    def fits(count: int) -> bool:
+        kept = keeping(count)
+        [cost] = message_costs([{**message, "content": kept}], count_tokens, add_vision_id,
                                prompt_format)  # fmt: skip
-        items = len([p for p in content if p.get("type") in LABELS])
+        items = len([p for p in kept if p.get("type") in LABELS])
         return cost.total <= room and (max_media is None or items <= max_media)
 
-    while not fits():
-        pages = [i for i, part in enumerate(content) if _is_page(part)]
-        if len(pages) <= 1:
-            break  # not even with one page: `fit` says why (and which setting to lower)
-        last = pages[-1]
-        page = content[last]["image"]
-        label = last > 0 and content[last - 1] == {"type": "text", "text": page_label(page)}
-        del content[last - 1 if label else last : last + 1]
-        dropped.insert(0, page)
-    return {**message, "content": content}, dropped
+    if fits(len(pages)):
+        return message, []
+    low, high = 1, len(pages) - 1  # keep at least one page: else `fit` says why, and what to lower
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    dropped = [content[index]["image"] for index in pages[low:]]
+    return {**message, "content": keeping(low)}, dropped
 
 
 def _is_page(part: Mapping[str, Any]) -> bool:

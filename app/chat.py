@@ -118,10 +118,13 @@ def left_out_notice(turns: int, max_context: int) -> dict[str, Any]:
 
 def pages_left_out_notice(pages: Sequence[Media]) -> dict[str, Any]:
     """Shown before an answer for which a document's last pages did not fit."""
-    documents: dict[str, list[int]] = {}
+    documents: list[tuple[str, list[int]]] = []  # a new entry where another document starts
     for page in pages:
-        documents.setdefault(page.name, []).append(page.page or 0)
-    named = "; ".join(f"{page_ranges(numbers)} of {name}" for name, numbers in documents.items())
+        number = page.page or 0
+        if not documents or documents[-1][0] != page.name or documents[-1][1][-1] >= number:
+            documents.append((page.name, []))
+        documents[-1][1].append(number)
+    named = "; ".join(f"{page_ranges(numbers)} of {name}" for name, numbers in documents)
     return notice(
         f"📄 Left out: {named}",
         "They do not fit in the model's context with the rest of this message, so the model "
@@ -194,13 +197,41 @@ class Answers:
             ]
 
 
+class PageChoices:
+    """The 'PDF pages' value each turn's document was sent with, per client (a bounded LRU).
+
+    A later turn reads the same pages of an earlier turn's PDF whatever the setting says now,
+    so an earlier turn never changes (what the model saw, and the kept KV cache of it). Keyed
+    by the client, the upload's path and the turn's place among the user turns (a turn edited
+    or sent again records its new choice). Unknown (an import, a restart): every page, within
+    the token budget.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._chosen: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, scope: str, path: str, turn: int, pages: str) -> None:
+        with self._lock:
+            self._chosen[(scope, path, turn)] = pages
+            self._chosen.move_to_end((scope, path, turn))
+            while len(self._chosen) > self.capacity:
+                self._chosen.popitem(last=False)
+
+    def chosen(self, scope: str, path: str, turn: int) -> str:
+        with self._lock:
+            return self._chosen.get((scope, path, turn), "")
+
+
 @dataclass
 class Shared:
-    """What the turns of all sessions share: the fair-use counts, the answers' own text, and
-    which answers each client may rate."""
+    """What the turns of all sessions share: the fair-use counts, the answers' own text, the
+    pages chosen of each document, and which answers each client may rate."""
 
     admission: Admission
     answers: Answers = field(default_factory=Answers)
+    pages: PageChoices = field(default_factory=PageChoices)
     ratings: Ratings = field(default_factory=Ratings)
 
 
@@ -225,22 +256,29 @@ def build_request(
     settings: Settings,
     engine: Engine,
     client: str = "",
-    answers: Answers | None = None,
+    shared: Shared | None = None,
 ) -> Turn:
     """The engine request for a turn, oldest turns left out to fit --max-context.
 
     Every file becomes a media object from its header alone; only the turns that fit are ever
     decoded (by the engine). Bad files in this turn, a file outside the trust rule anywhere, or
-    a turn too large on its own raise UserFacingError.
+    a turn too large on its own raise UserFacingError. The 'PDF pages' setting applies to this
+    turn's documents; an earlier turn's keep the pages they were sent with (`PageChoices`).
     """
     validate_message(message, settings)
     clean = template_token_filter(engine.template_tokens)
     messages = conversation_messages(history, message, options.system_prompt, clean)
-    if answers is not None:
-        messages = answers.restore(client, messages)
+    if shared is not None:
+        messages = shared.answers.restore(client, messages)
 
-    def open_file(path: str) -> Media | Document:
-        return prepare(path, options.media, engine.geometry, scope=client)
+    def open_file(path: str, turn: int, current: bool) -> Media | Document:
+        pages = options.media.pdf_pages
+        if shared is not None and current:
+            shared.pages.keep(client, path, turn, pages)
+        elif shared is not None:
+            pages = shared.pages.chosen(client, path, turn)
+        limits = replace(options.media, pdf_pages=pages)
+        return prepare(path, limits, engine.geometry, scope=client)
 
     messages = attach_media(messages, open_file)
     room = settings.max_context - options.generation.max_new_tokens
@@ -405,12 +443,11 @@ def answer(
             options = chat_options(options, settings, engine.generation_defaults, thinks)
         if not isinstance(history, list):
             raise UserFacingError(HISTORY_FORM)
-        if shared:
-            shared.ratings.issue(progress.request_id, scope)
         admitted = shared.admission.enter(caller) if shared else contextlib.nullcontext()
-        answers = shared.answers if shared else None
         with admitted:
-            turn = build_request(message, history, options, settings, engine, scope, answers)
+            turn = build_request(message, history, options, settings, engine, scope, shared)
+            if shared:  # only a request that will be answered can be rated
+                shared.ratings.issue(progress.request_id, scope)
             progress.prepared = time.perf_counter()
             left_out = turn.turns_left_out
             lead = (
@@ -418,9 +455,9 @@ def answer(
                 *([pages_left_out_notice(turn.pages_left_out)] if turn.pages_left_out else []),
             )
             for update in _stream(engine, turn, progress, lead):
-                if update.done and answers is not None:
+                if update.done and shared is not None:
                     clean = template_token_filter(engine.template_tokens)
-                    answers.keep(scope, update.text, clean(update.raw))
+                    shared.answers.keep(scope, update.text, clean(update.raw))
                 yield update
     except BaseException as exc:  # GeneratorExit included: the user stopped or left
         error = exc

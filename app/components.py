@@ -9,6 +9,7 @@ a component subclass (git-ignored).
   `app.options` checks every setting with a message naming it. Their API types stay.
 - `HistoryJSON` is the /chat API's history: the chatbot's messages format, with plain-string
   content accepted too (Gradio's Chatbot input refuses it before the app runs).
+- `LikeEvent` is the thumbs' event data, read without trusting its shape.
 """
 
 from __future__ import annotations
@@ -120,3 +121,14 @@ class CameraClip(gr.Video):
 
     def preprocess(self, payload: Any) -> str | None:
         return None if payload is None else str(payload.path)
+
+
+class LikeEvent(gr.EventData):
+    """A like event's data that never raises: `gr.LikeData` indexes the client's event data
+    unchecked (a missing or non-dict value is a bare error); app.feedback checks both fields."""
+
+    def __init__(self, target: Any, data: Any):
+        super().__init__(target, data)
+        fields = data if isinstance(data, dict) else {}
+        self.index: Any = fields.get("index")
+        self.liked: Any = fields.get("liked")

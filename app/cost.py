@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.chat import Answers, build_request, pages_left_out_notice
+from app.chat import Shared, build_request, pages_left_out_notice
 from app.config import Settings
 from app.engine import Engine
 from app.errors import UserFacingError
@@ -64,7 +64,7 @@ def preview_turn(
     history: Any,
     values: Mapping[str, Any],
     client: str = "",
-    answers: Answers | None = None,
+    shared: Shared | None = None,
 ) -> CostPreview | None:
     """The cost of sending `message` after `history` with the settings `values` (all the
     client's); None while the message has no files."""
@@ -77,7 +77,7 @@ def preview_turn(
         options = chat_options(values, settings, engine.generation_defaults, thinks)
         if not isinstance(history, Sequence) or isinstance(history, str):
             history = []
-        turn = build_request(message, history, options, settings, engine, client, answers)
+        turn = build_request(message, history, options, settings, engine, client, shared)
     except UserFacingError as exc:
         return CostPreview(problem=str(exc))
     current = turn.request.messages[-1:]

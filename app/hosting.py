@@ -243,9 +243,10 @@ class LoginThrottle:
         self._next_try[address] = self.clock() + self.delay(self._failures[address])
 
 
-def body_limit(prefix: str, max_bytes: int) -> Callable[[ASGIApp], ASGIApp]:
-    """A middleware refusing request bodies over `max_bytes` on paths under `prefix` (413), and
-    bodies that do not declare their length (411; the server holds a body to its declared one).
+def body_limit(prefix: str, max_bytes: int, advice: str = "") -> Callable[[ASGIApp], ASGIApp]:
+    """A middleware refusing request bodies over `max_bytes` on paths under `prefix` (413, its
+    message followed by `advice`), and bodies that do not declare their length (411; the
+    server holds a body to its declared one).
 
     Gradio's MCP server decodes the files in a tool call's JSON (base64) onto disk before any
     size check of its own: this bounds what one call may write.
@@ -260,8 +261,8 @@ def body_limit(prefix: str, max_bytes: int) -> Callable[[ASGIApp], ASGIApp]:
                 return await _refuse(send, 411, "The request must declare its length.")
             declared = headers.get("content-length", "0")
             if not declared.isdigit() or int(declared) > max_bytes:
-                limit = f"The request is larger than {max_bytes / 2**20:.0f} MB."
-                return await _refuse(send, 413, limit)
+                limit = f"The request is larger than {max_bytes / 2**20:.1f} MB. {advice}"
+                return await _refuse(send, 413, limit.strip())
             await app(scope, receive, send)
 
         return limited

@@ -207,22 +207,32 @@ def conversation_messages(
     return history_to_messages([*history, *user_turn_messages(message)], system_prompt, clean)
 
 
-def attach_media(messages: Sequence[Message], open_file: Callable[[str], Any]) -> list[Message]:
-    """The messages with each file part replaced by `open_file(path)`, a media object with a
-    `kind` ("image" or "video"): `{"type": kind, kind: media}`.
+def attach_media(
+    messages: Sequence[Message], open_file: Callable[[str, int, bool], Any]
+) -> list[Message]:
+    """The messages with each file part replaced by `open_file(path, turn, current)` (`turn`:
+    the message's place among the user messages; `current`: the turn being answered), a media
+    object with a `kind` ("image" or "video"): `{"type": kind, kind: media}`, or a document,
+    whose pages become labelled images.
 
     A file of the last message (the turn being answered) that cannot be opened raises: the user
     must hear why. One in an earlier turn is left out quietly (that turn already said why), so
     one bad upload never breaks the rest of the chat; a message left empty goes with it.
     """
     attached: list[Message] = []
+    turn = -1
     for index, message in enumerate(messages):
+        turn += message["role"] == "user"
         content = message["content"]
         if isinstance(content, str):
             attached.append(dict(message))
             continue
         current = index == len(messages) - 1
-        parts = [opened for part in content for opened in _open(part, open_file, current)]
+
+        def opened(path: str) -> Any:
+            return open_file(path, turn, current)  # noqa: B023 (called within this iteration)
+
+        parts = [part for raw in content for part in _open(raw, opened, current)]
         if parts:
             attached.append({**message, "content": parts})
     return attached

@@ -20,7 +20,7 @@ from app.engine import GenerationOptions
 from app.errors import UserFacingError
 from app.i18n import EN
 from app.media import MediaLimits
-from app.media.pdf import MAX_PDF_PAGES, parse_page_range
+from app.media.pdf import check_page_range
 
 MAX_SYSTEM_PROMPT_CHARS = 20_000  # longer would not fit the context anyway
 MAX_PAGE_RANGE_CHARS = 200
@@ -207,7 +207,7 @@ def chat_options(
         for spec in FIELDS
     }  # fmt: skip
     max_pixels = checked["max_pixels"]
-    parse_page_range(checked["pdf_pages"], MAX_PDF_PAGES)  # a malformed range is said now
+    check_page_range(checked["pdf_pages"])  # a malformed range is said now
     media = replace(
         limits_from_settings(settings),
         min_pixels=min(checked["min_pixels"], max_pixels),

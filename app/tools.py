@@ -37,8 +37,12 @@ def final_update(updates: Iterator[Update]) -> Update:
 
 
 def answer_with_notes(update: Update) -> str:
-    """The answer's text, followed by the notices after it (e.g. cut off while thinking)."""
-    notes = [f"{m['metadata']['title']}: {m['content']}" for m in update.trailer]
+    """The answer's text, followed by every notice of the turn (pages left out, cut off while
+    thinking): an agent must know what the model did not see."""
+    notes = [
+        f"{m['metadata']['title']}: {m['content']}" if m["content"] else m["metadata"]["title"]
+        for m in (*update.lead, *update.trailer)
+    ]
     return "\n\n".join([update.text, *notes]) if notes else update.text
 
 
@@ -102,7 +106,7 @@ def register_tools(
         update = finished({"text": question, "files": [image]}, request)
         found = update.details()["grounding"]
         if found is None or not found["boxes"]:
-            return NO_BOXES.format(objects=objects, text=update.text), None
+            return NO_BOXES.format(objects=objects, text=answer_with_notes(update)), None
         return json.dumps(found, ensure_ascii=False), update.drawing
 
     with gr.Group(visible=False):  # the parameters' types (see the module's docstring)

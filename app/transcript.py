@@ -280,8 +280,9 @@ def _copy_limited(
 
 def _check_media(path: Path, shown: str) -> None:
     """An imported file must be an image, a video or a PDF by its content (a PDF's pages are
-    read, in a child process, when a turn sends it)."""
-    if is_pdf(path):
+    read, in a child process, when a turn sends it; it must be named .pdf too, so that no
+    other kind of file passes for one by holding the signature)."""
+    if is_pdf(path) and path.suffix.lower() == ".pdf":
         return
     try:
         sniff_kind(path, shown)

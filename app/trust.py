@@ -72,7 +72,9 @@ def check_client_value(value: object, depth: int = 0) -> None:
     """Refuse a client value that names anything but a trusted file, before Gradio acts on it.
 
     Walks the raw JSON of any input: a `{"path": ...}` (a file reference, with or without
-    Gradio's FileData marker) must be a trusted local path, never a URL or a stream; a Chatbot
+    Gradio's FileData marker) must be a trusted local path, never a URL or a stream; a file
+    value with a `url` but no path (Gradio would fetch it, or decode a data: URL in the
+    server, unbounded) is refused; a Chatbot
     `{"type": "component"}` part is refused (Gradio would build the component the client names
     and open its path). Raises UntrustedPathError naming the file; nothing was opened.
     """
@@ -84,6 +86,10 @@ def check_client_value(value: object, depth: int = 0) -> None:
                 "Chat messages may hold text and uploaded files, not components."
             )
         path = value.get("path")
+        if path is None and isinstance(value.get("url"), str):
+            raise UntrustedPathError(  # Gradio would download it or decode a data: URL itself
+                "Files reach this demo as uploads, not as links or data: URLs: attach the file."
+            )
         if path is not None:
             if not isinstance(path, str) or value.get("is_stream") or "://" in path:
                 shown = display_name(path) if isinstance(path, str) else "a file"

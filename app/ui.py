@@ -87,6 +87,12 @@ def t(name: str) -> Any:
     return gr.i18n.I18nData(key(name))
 
 
+MALFORMED = (
+    "The request could not be read: its values do not have the form this page sends "
+    '(a message is {"text": ..., "files": [...]}; see "Use via API" below the page).'
+)
+
+
 class Page(gr.Blocks):
     """The demo's Blocks: its own theme, CSS, labels, favicon and head script for `launch()`,
     and the trust rule on every event's raw inputs.
@@ -118,15 +124,25 @@ class Page(gr.Blocks):
         name or copies the files (`processing_utils.async_move_files_to_cache`, and
         `Chatbot.preprocess` for component parts); component-level `preprocess` runs after.
         Undocumented, so tests/test_security.py calls every event with every shape of path.
+        Values Gradio cannot read (wrong types, missing inputs, a PDF for a picture) get a
+        plain message, with no traceback in the log.
         """
-        if not explicit_call:
-            try:
-                for value in inputs:
-                    check_client_value(value)
-            except UserFacingError as exc:
-                log_refusal(getattr(block_fn, "name", "?"))
-                raise refusal(exc) from None
-        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        if explicit_call:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        event = getattr(block_fn, "name", "?")
+        try:
+            for value in inputs:
+                check_client_value(value)
+        except UserFacingError as exc:
+            log_refusal(event)
+            raise refusal(exc) from None
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception:  # Gradio's own checks of the values' shapes: a client's mistake
+            log_refusal(event)
+            raise refusal(UserFacingError(MALFORMED)) from None
 
 
 class ChatInterface(gr.ChatInterface):
@@ -355,7 +371,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
         for update in api_answer(args):
             yield update.details(), update.drawing
 
-    def rate(history: list[dict], data: gr.LikeData, request: gr.Request) -> None:
+    def rate(history: list[dict], data: components.LikeEvent, request: gr.Request) -> None:
         """A thumbs up or down, written to the request log with the rated request's id."""
         caller = caller_of(request, demo.streams)
         try:
@@ -375,7 +391,7 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             history,
             dict(zip(NAMES, settings_values, strict=True)),
             client_scope(caller_of(request, demo.streams).client),
-            shared.answers,
+            shared,
         )
         return preview.markdown() if preview else ""
 

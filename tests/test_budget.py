@@ -7,10 +7,21 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from app.budget import Cost, fit, render_messages, turn_starts, turns_to_leave_out
+from app.budget import (
+    Cost,
+    fit,
+    fixed_cost,
+    message_costs,
+    render_messages,
+    trim_pages,
+    turn_starts,
+    turns_to_leave_out,
+)
+from app.chat import pages_left_out_notice
+from app.engine import QWEN2_FORMAT
 from app.errors import UserFacingError
 from app.media import QWEN2_VL, MediaLimits, prepare
-from app.messages import media_of
+from app.messages import media_of, page_parts
 from tests.media_corpus import write_video
 
 
@@ -206,3 +217,42 @@ def test_turns_are_left_out_in_steps_so_the_prompt_start_stays_put():
     for n, dropped in zip(range(9, 40), stepped, strict=True):
         assert dropped is not None and (n - dropped) * 10 <= 100, "what is kept fits"
         assert dropped >= minimal[n - 9]
+
+
+@dataclass(frozen=True, eq=False)
+class Page:
+    """Stands in for a document's page (app.media.Media with a page number)."""
+
+    name: str
+    page: int
+    tokens: int = 10
+    kind: str = "image"
+
+
+def test_many_pages_are_trimmed_by_bisection_to_the_most_that_fit():
+    parts = [p for n in range(1, 201) for p in page_parts(Page("a.pdf", n))]
+    message = {"role": "user", "content": [*parts, text_("Summarise.")]}
+    calls: list[str] = []
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return len(text.split())
+
+    def cost(pages: int) -> int:
+        kept = {**message, "content": [*parts[: 2 * pages], text_("Summarise.")]}
+        [total] = message_costs([kept], lambda t: len(t.split()), False)
+        return total.total
+
+    limit = cost(57) + fixed_cost(["user"], lambda t: len(t.split()), QWEN2_FORMAT)
+    trimmed = trim_pages([message], counting, limit)
+    kept = [part["image"].page for part in trimmed.messages[0]["content"] if "image" in part]
+    assert kept == list(range(1, 58)), "the most pages that fit, in order"
+    assert [page.page for page in trimmed.pages_left_out] == list(range(58, 201))
+    assert trimmed.messages[0]["content"][-1] == text_("Summarise."), "the question stays"
+    assert len(calls) < 25, "a few counts (bisection), not one per page left out"
+
+
+def test_the_notice_names_each_document_apart_even_with_one_name():
+    pages = [Page("p.pdf", n) for n in (3, 4, 5)] + [Page("p.pdf", n) for n in (1, 2)]
+    title = pages_left_out_notice(pages)["metadata"]["title"]
+    assert title == "📄 Left out: pages 3–5 of p.pdf; pages 1–2 of p.pdf"

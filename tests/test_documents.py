@@ -66,6 +66,22 @@ def test_the_page_range_setting_chooses_pages(client, app, report):
         ask(client, [report], pdf_pages="three")
 
 
+def test_an_earlier_turns_document_keeps_the_pages_it_was_sent_with(client, app, report):
+    first = ask(client, [report], pdf_pages="1")
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": handle_file(report)}]},
+        {"role": "user", "content": [{"type": "text", "text": "What is on these pages?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": first["text"]}]},
+    ]
+    for setting in ("", "3", "201"):  # the setting now applies to this turn's documents only
+        message = {"text": "And the colours?", "files": []}
+        details, _ = client.predict(
+            message, history, api_name="/chat_details", max_new_tokens=4, pdf_pages=setting
+        )
+        assert details["done"], setting
+        assert [page.page for page in media_of(app[1].requests[-1].messages)] == [1], setting
+
+
 @pytest.fixture(scope="module")
 def small_app(tiny_checkpoint):
     """A demo with a 2000-token context: two or three of the report's pages fit."""
@@ -103,7 +119,7 @@ def test_a_turn_keeps_the_pages_it_had_in_later_turns(report):
     """Pages are trimmed per turn, judged alone: a later request sends the same pages."""
     limits = MediaLimits()
 
-    def open_file(path: str) -> Document:
+    def open_file(path: str, turn: int, current: bool) -> Document:
         return prepare(path, limits)
 
     def words(text: str) -> int:

@@ -26,6 +26,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.types import CallToolResult
 from PIL import Image
 
@@ -35,6 +36,7 @@ from app.messages import media_of
 from app.requestlog import anonymous_id
 from app.ui import build_demo
 from tests.conftest import Recording, free_port
+from tests.test_pdf import THREE_PAGES, pdf_bytes
 from tests.test_security import (
     SECRET,
     attacks,
@@ -42,7 +44,7 @@ from tests.test_security import (
     config,
     secrets,  # noqa: F401  (a fixture the trust-rule test uses)
 )
-from web_demo_mm import main, serve
+from web_demo_mm import main, mcp_body_bytes, serve
 
 T = TypeVar("T")
 TOOLS = ("ask", "find_objects")
@@ -170,6 +172,21 @@ def test_ask_answers_about_a_picture(mcp_app):
     assert media_of(request.messages)[0].header.width == 64
     text_only = call(url, "ask", {"question": "Hi"})
     assert not text_only.isError and media_of(engine.requests[-1].messages) == []
+
+
+def test_ask_tells_the_agent_which_pages_the_model_did_not_see(mcp_app):
+    url, engine = mcp_app
+    document = data_url(pdf_bytes(THREE_PAGES * 12), "application/pdf")  # 36 pages: 32 fit
+    result = call(url, "ask", {"question": "Summarise it.", "file_1": document})
+    assert not result.isError, texts(result)
+    assert len(media_of(engine.requests[-1].messages)) == 32, "--max-media pages"
+    assert "Left out: pages 33–36 of" in texts(result)
+
+
+def test_an_mcp_call_is_bounded_below_the_mcp_librarys_own_limit():
+    """Beyond it the library answers a bare 413; the app's limit says what to do instead."""
+    assert mcp_body_bytes(Settings(max_upload_mb=200)) == DEFAULT_MAX_REQUEST_BODY_SIZE
+    assert mcp_body_bytes(Settings(max_upload_mb=1)) < DEFAULT_MAX_REQUEST_BODY_SIZE
 
 
 def test_ask_takes_several_pictures(mcp_app):

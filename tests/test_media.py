@@ -18,10 +18,12 @@ from app.media import (
     load_image,
     load_media,
     load_video,
+    prepare,
     smart_resize,
     sniff_kind,
 )
 from app.media import video as video_module
+from app.media.pdf import is_pdf
 from tests.media_corpus import ANIMATION_COLORS, EXPECTED, frame_index, make_corpus, write_video
 
 LIMITS = MediaLimits()
@@ -339,3 +341,19 @@ def test_damaged_uploads_only_raise_user_facing_errors(
             _assert_image(result, LIMITS)
         else:
             _assert_video(result, LIMITS)
+
+
+def test_a_video_whose_title_holds_the_pdf_signature_is_a_video(tmp_path):
+    import av
+
+    path = tmp_path / "talk.mkv"
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "%PDF-1.7 slides"  # pdfium would look for it in the first 1 KB
+        stream = out.add_stream("libx264", rate=10, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    assert is_pdf(path), "the signature is in the file's first kilobyte"
+    assert prepare(path, MediaLimits(min_frames=2, max_frames=4)).kind == "video"

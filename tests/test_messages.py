@@ -40,7 +40,8 @@ class FakeMedia:
 
 def with_media(history, message, system_prompt=None) -> list:
     """The message list with file parts turned into (fake) media objects, as the app does."""
-    return attach_media(conversation_messages(history, message, system_prompt), FakeMedia)
+    opened = conversation_messages(history, message, system_prompt)
+    return attach_media(opened, lambda path, turn, current: FakeMedia(path))
 
 
 def file(path: str) -> dict:
@@ -218,7 +219,10 @@ def test_the_token_list_comes_from_the_caller_and_keeps_grounding_markers():
 
 
 def test_a_failed_history_file_is_left_out_but_a_failed_new_file_is_explained():
-    def opener(path):
+    calls = []
+
+    def opener(path, turn, current):
+        calls.append((path, turn, current))
         if path == "gone.png":
             raise UserFacingError("gone.png is no longer available")
         return FakeMedia(path)
@@ -234,5 +238,6 @@ def test_a_failed_history_file_is_left_out_but_a_failed_new_file_is_explained():
         {"role": "assistant", "content": "y"},
         {"role": "user", "content": [{"type": "image", "image": FakeMedia("a.jpg")}]},
     ]
+    assert calls == [("gone.png", 0, False), ("a.jpg", 1, True)], "each file's user turn"
     with pytest.raises(UserFacingError, match="gone.png"):
         attach_media(conversation_messages([], {"files": ["gone.png"]}), opener)

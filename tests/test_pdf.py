@@ -7,6 +7,7 @@ each page holds: its MediaBox, its /Rotate and one coloured rectangle.
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -147,9 +148,35 @@ def test_a_page_that_takes_too_long_is_ended(
     # for minutes (10 ** 7 rectangles) before rendering anything.
     monkeypatch.setattr(pdf, "PAGE_SECONDS", 1)
     path = write(tmp_path, _nested_forms(depth=8, width=10))
-    with pytest.raises(UserFacingError, match="took too long") as caught:
+    with pytest.raises(UserFacingError, match="was not rendered in time") as caught:
         pdf.render_page(path, 0, (280, 280), NAME)
     assert "Page 1 of" in str(caught.value) and NAME in str(caught.value)
+
+
+def test_a_documents_pages_share_one_time_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pdf, "OPEN_SECONDS", 1)  # starting the child
+    monkeypatch.setattr(pdf, "DOCUMENT_SECONDS", 1)  # each page alone would have 20 s
+    path = write(tmp_path, _nested_forms(depth=8, width=10))
+    started = time.monotonic()
+    with pytest.raises(UserFacingError, match="a document's pages 1 s"):
+        pdf.render_pages(path, [(0, (280, 280))] * 4, NAME)
+    assert time.monotonic() - started < 5
+
+
+def test_a_message_waits_for_a_free_child_only_so_long(
+    three: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pdf, "SLOT_SECONDS", 0.2)
+    taken = [pdf._child_slots.acquire(timeout=5) for _ in range(pdf.CHILD_SLOTS)]
+    try:
+        with pytest.raises(UserFacingError, match="Other documents are being read"):
+            pdf.render_page(three, 0, (56, 56), NAME)
+    finally:
+        for _ in taken:
+            pdf._child_slots.release()
+    assert pdf.render_page(three, 0, (56, 56), NAME).size == (56, 56), "served once free"
 
 
 def _nested_forms(depth: int, width: int) -> bytes:

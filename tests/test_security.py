@@ -38,6 +38,11 @@ from tests.conftest import Recording, free_port
 
 SECRET = f"top-secret-{uuid.uuid4().hex}"
 FILE_DATA = {"_type": "gradio.FileData"}
+# A 2x2 PNG as a data: URL (a picture the camera's event would have decoded in the server).
+DATA_URL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGPk5ORk"
+    "YGBgYmBgYGBgAAABbgAfXn6dLgAAAABJRU5ErkJggg=="
+)
 
 
 # --- raw access to any event ------------------------------------------------------------------
@@ -121,6 +126,8 @@ def attacks(secrets: dict[str, Path]) -> dict[str, object]:
         "link out of the upload folder": file_data(str(secrets["image_link"])),
         "text link": {"path": str(secrets["text_link"])},
         "url": file_data("https://huggingface.co/favicon.ico"),
+        "url without a path": {"url": "https://huggingface.co/favicon.ico", "meta": FILE_DATA},
+        "data url": {"url": DATA_URL, "meta": FILE_DATA, "orig_name": "x.png"},
         "stream": file_data("http://169.254.169.254/latest") | {"is_stream": True},
         "component file": component("file", text),
         "component image": component("image", image),
@@ -145,12 +152,15 @@ def files_holding(folder: Path, needle: bytes) -> list[Path]:
 def test_no_event_opens_a_file_outside_the_trust_rule(app, secrets, monkeypatch):
     """Every registered event, every shape: nothing is read, copied, fetched or served."""
     url, recording = app
+    import gradio.image_utils as image_utils
     import gradio.processing_utils as processing
 
     downloads = []
     monkeypatch.setattr(
         processing, "async_ssrf_protected_download", lambda *a, **k: downloads.append(a)
     )
+    decoded = []  # Gradio decodes a data: URL picture in the server, unbounded
+    monkeypatch.setattr(image_utils, "decode_base64_to_file", lambda *a, **k: decoded.append(a))
     secret_image = secrets["image"].read_bytes()
     requests_before = len(recording.requests)
     dependencies = config(url)["dependencies"]
@@ -170,6 +180,8 @@ def test_no_event_opens_a_file_outside_the_trust_rule(app, secrets, monkeypatch)
     for name, event, answer in answers:
         assert SECRET not in answer, (name, event)
     assert downloads == [], "no URL was fetched"
+    assert decoded == [], "no data: URL was decoded"
+    assert any("not as links or data: URLs" in a for *_, a in answers), "with a reason"
     cache = Path(upload_folder())
     assert files_holding(cache, SECRET.encode()) == [], "no copy in Gradio's cache"
     copies = [p for p in files_holding(cache, secret_image) if not p.is_symlink()]
@@ -179,6 +191,28 @@ def test_no_event_opens_a_file_outside_the_trust_rule(app, secrets, monkeypatch)
     for path in secrets.values():
         served = httpx.get(url + f"gradio_api/file={path}")
         assert served.status_code != 200 or SECRET not in served.text
+
+
+def test_values_of_the_wrong_form_get_a_plain_message(app, caplog):
+    """The cost preview, the thumbs and the camera, sent what the page never sends: each gets a
+    message saying what is wrong (never Gradio's bare "Error"), and no traceback is logged."""
+    url, _ = app
+    events = {d.get("api_name"): d for d in config(url)["dependencies"]}
+    cases = [
+        ("show_cost", lambda n: ["a message", "a history", *[None] * (n - 2)]),
+        ("show_cost", lambda n: [{"text": "?", "files": "x"}, [1, 2], *[None] * (n - 2)]),
+        ("show_cost", lambda n: [{"text": "?"}]),  # too few values
+        ("rate", lambda n: [[{"role": "user", "content": 5}]] * n),
+        ("rate", lambda n: [[]] * n),  # a valid history, but no event data
+        ("attach_capture", lambda n: [12, {"text": 5, "files": []}]),
+    ]
+    for name, values in cases:
+        dependency = events[name]
+        succeeded, answer = call_event(url, dependency, values(len(dependency["inputs"])))
+        completed = json.loads(answer.splitlines()[-1].removeprefix("data:"))
+        error = (completed.get("output") or {}).get("error")
+        assert succeeded or (error and error != "Error"), (name, answer[-300:])
+    assert "Traceback" not in caplog.text
 
 
 def test_the_file_proxy_and_urls_are_refused(app):

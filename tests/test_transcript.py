@@ -102,7 +102,7 @@ def test_the_zip_holds_a_readable_transcript_and_each_file_once(chat, tmp_path):
 def test_an_imported_chat_reaches_the_model_like_the_original(chat, tmp_path):
     restored = import_transcript(export_transcript(chat, tmp_path / "c.zip"), tmp_path / "out")
     opened = conversation_messages(restored, "And now?")
-    messages = attach_media(opened, lambda path: prepare(path, MediaLimits()))
+    messages = attach_media(opened, lambda path, *_: prepare(path, MediaLimits()))
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     assert [item["type"] for item in messages[0]["content"]] == ["image", "text"]
     assert messages[1]["content"] == "The **cat** is here."  # drawing and statistics: not sent
@@ -163,6 +163,13 @@ def transcript(*messages: dict, **fields) -> str:
         (
             {TRANSCRIPT_NAME: transcript({"role": "user", "content": {"path": "media/a.png"}})},
             "media/a.png, which is not in the file",
+        ),
+        (  # a page holding the PDF signature in its first kilobyte is not a document
+            {
+                TRANSCRIPT_NAME: transcript({"role": "user", "content": {"path": "media/x.html"}}),
+                "media/x.html": "<html><!-- %PDF-1.7 --><script>alert(1)</script></html>",
+            },
+            "x.html, which is refused",
         ),
     ],
 )

@@ -54,6 +54,7 @@ from app.media.sniff import (
     Kind,
     check_file,
     is_animation,
+    magic_kind,
     open_image,
     reading,
     sniff_kind,
@@ -284,10 +285,13 @@ def _read_header(path: Path, name: str, limits: MediaLimits) -> tuple[str, Kind,
 
 
 def _is_document(path: Path, name: str) -> bool:
-    """A PDF by its signature, unless Pillow reads the file as an image (whose metadata may
-    hold the signature too)."""
+    """A PDF by its signature, unless the file starts as an image or video does or Pillow reads
+    it as an image (their metadata, a title say, may hold the signature too)."""
     if not is_pdf(path):
         return False
+    with path.open("rb") as file:
+        if magic_kind(file.read(16)) is not None:
+            return False
     try:
         im = open_image(path, name)
     except UserFacingError:

@@ -41,6 +41,8 @@ MAX_PAGE_INCHES = 200  # a page side (Acrobat's own limit: 14,400 points)
 RENDER_DPI = 200
 OPEN_SECONDS = 30.0  # starting the child and reading the header (or opening to render)
 PAGE_SECONDS = 20  # rendering one page; the child is ended past it (SIGALRM)
+DOCUMENT_SECONDS = 60  # rendering all the pages one message needs from one document
+SLOT_SECONDS = 20  # the longest wait for a free child before the message is refused
 CHILD_MEMORY_BYTES = 1536 * 2**20  # the child's heap, the interpreter's ~100 MB included
 CHILD_SLOTS = 2  # pdfium children at once (about 60 MB each before they render)
 
@@ -145,7 +147,7 @@ def render_pages(
         "pages": [[index, width, height] for index, (width, height) in pages],
         "page_seconds": PAGE_SECONDS,
     }
-    code, out = _run(request, OPEN_SECONDS + PAGE_SECONDS * len(pages))
+    code, out = _run(request, OPEN_SECONDS + min(PAGE_SECONDS * len(pages), DOCUMENT_SECONDS))
     images: list[Image.Image] = []
     offset = 0
     for index, size in pages:
@@ -173,6 +175,14 @@ def parse_page_range(text: str, pages: int) -> list[int]:
             f"The page range '{_shown(text)}' selects no page: the document has {pages} {plural}."
         )
     return sorted(chosen)
+
+
+def check_page_range(text: str) -> None:
+    """UserFacingError for a range that is not understood; which pages it selects is known only
+    for a document (a range past a short document's end is said when that document is read)."""
+    for item in text.split(","):
+        if item.strip():
+            _range_item(item.strip(), MAX_PDF_PAGES)
 
 
 def _range_item(item: str, pages: int) -> tuple[int, int]:
@@ -205,12 +215,17 @@ def _run(request: dict[str, Any], timeout: float) -> tuple[int | None, bytes]:
     time (the stdout it wrote by then is kept: it tells which pages were done)."""
     command = [sys.executable, "-c", f"from {__name__} import _child_main; _child_main()"]
     command.append(json.dumps(request))
-    with _child_slots:
-        try:
-            done = subprocess.run(command, cwd=_ROOT, capture_output=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL, check=False)  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            return None, exc.stdout or b""
+    if not _child_slots.acquire(timeout=SLOT_SECONDS):
+        raise UserFacingError(
+            "Other documents are being read right now: send your message again in a moment."
+        )
+    try:
+        done = subprocess.run(command, cwd=_ROOT, capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        return None, exc.stdout or b""
+    finally:
+        _child_slots.release()
     if done.returncode != 0:
         log.info("pdf child %s ended with %s: %s", request["op"], done.returncode,
                  done.stderr.decode(errors="replace")[-2000:])  # fmt: skip
@@ -229,9 +244,13 @@ def _failure(code: int | None, name: str, what: str, index: int | None) -> UserF
         )
     if code == _UNAVAILABLE:
         return UserFacingError(f"'{name}' cannot be read: PDF support is not installed here.")
+    if code is None and index is None:
+        return UserFacingError(f"{subject} took too long to be {what} (over {OPEN_SECONDS:.0f} s).")
     if code is None:
-        limit = OPEN_SECONDS if index is None else PAGE_SECONDS
-        return UserFacingError(f"{subject} took too long to be {what} (over {limit:.0f} s).")
+        return UserFacingError(
+            f"{subject} was not rendered in time: a page may take {PAGE_SECONDS} s, a "
+            f"document's pages {DOCUMENT_SECONDS} s. Choose fewer pages with 'PDF pages'."
+        )
     if index is None:
         return UserFacingError(
             f"'{name}' could not be read as a PDF: the file looks corrupt or truncated."

@@ -82,7 +82,8 @@ def unrecognized(path: Path, name: str) -> UserFacingError:
 
 
 def magic_kind(head: bytes) -> Kind | None:
-    """What a file claims to be from its first bytes; only used to word error messages."""
+    """What a file claims to be from its first bytes: words error messages, and keeps a video
+    or picture whose metadata holds "%PDF-" from being taken for a document."""
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         return "image" if brand in (b"heic", b"heix", b"mif1", b"msf1", b"avif") else "video"
