@@ -24,9 +24,18 @@ TOKENS = 8
 
 
 def sharpen(model, factor: float = 8.0) -> None:
+    """Scales queries and keys (Qwen3's: after their RMSNorm, which would undo a scaled
+    projection); Qwen3.5's linear-attention layers are left as they are."""
     with torch.no_grad():
         for layer in model.model.language_model.layers:
-            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+            attention = getattr(layer, "self_attn", None)
+            if attention is None:
+                continue
+            if hasattr(attention, "q_norm"):
+                attention.q_norm.weight.mul_(factor)
+                attention.k_norm.weight.mul_(factor)
+                continue
+            for projection in (attention.q_proj, attention.k_proj):
                 projection.weight.mul_(factor)
                 if projection.bias is not None:
                     projection.bias.mul_(factor)
@@ -225,6 +234,32 @@ def test_qwen2_5_vl_with_a_video(tiny_checkpoint_25):
     second, cached = run(engine, request(turn2))
     assert cached >= prompt_length(engine, request(turn1)) - 1
     assert second == cold(engine, request(turn2))
+
+
+def test_qwen3_vl_follow_ups_with_a_new_picture(tiny_checkpoint_3):
+    engine = make_engine(tiny_checkpoint_3)
+    red = part(picture(Image.new("RGB", (64, 96), (200, 30, 30)), geometry=engine.geometry))
+    turn1 = [user(red, "What is this?")]
+    first, _ = run(engine, request(turn1))
+    assert first == cold(engine, request(turn1))
+    blue = Image.new("RGB", (96, 64), (20, 30, 220))
+    blue = part(picture(blue, geometry=engine.geometry))
+    turn2 = [*turn1, {"role": "assistant", "content": first}, user(blue, "And this one?")]
+    second, cached = run(engine, request(turn2))
+    assert cached >= prompt_length(engine, request(turn1)) - 1, "turn 1 came from the cache"
+    assert second == cold(engine, request(turn2))
+
+
+def test_qwen3_5_runs_without_kept_caches_and_says_so(tiny_checkpoint_35, caplog):
+    with caplog.at_level("INFO", logger="app.engine.local"):
+        engine = make_engine(tiny_checkpoint_35)
+    assert "prefix cache off" in caplog.text and engine._worker.prefix_cache is None
+    red = part(picture(Image.new("RGB", (64, 96), (200, 30, 30)), geometry=engine.geometry))
+    turn1 = [user(red, "What is this?")]
+    first, cached = run(engine, request(turn1))
+    turn2 = [*turn1, {"role": "assistant", "content": first}, user("Why?")]
+    second, cached = run(engine, request(turn2))
+    assert cached == 0 and second == cold(engine, request(turn2))
 
 
 def test_the_store_is_bounded_and_keeps_the_most_recent(engine):

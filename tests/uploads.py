@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from app.media import Media, MediaLimits, prepare
+from app.media import QWEN2_VL, Geometry, Media, MediaLimits, prepare
 from app.trust import upload_folder
 from tests.media_corpus import write_video
 
@@ -30,15 +30,18 @@ def _folder() -> Path:
     return folder
 
 
-def picture(image: Image.Image, limits: MediaLimits = EXACT) -> Media:
-    """The media object of an uploaded PNG of `image` (stored once per content)."""
+def picture(
+    image: Image.Image, limits: MediaLimits = EXACT, geometry: Geometry = QWEN2_VL
+) -> Media:
+    """The media object of an uploaded PNG of `image` (stored once per content), sized for a
+    family's `geometry`."""
     data = image.tobytes() + repr((image.mode, image.size)).encode()
     path = _folder() / f"{hashlib.blake2b(data, digest_size=8).hexdigest()}.png"
     if not path.exists():
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as f:
             image.save(f, format="PNG")
         Path(f.name).replace(path)
-    return prepare(path, limits)
+    return prepare(path, limits, geometry)
 
 
 def clip(size: tuple[int, int], frames: int, rate: int = 2, limits: MediaLimits = EXACT) -> Media:
