@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,24 @@ def launch_demo(engine, settings, wait: bool = True):
     while wait and engine.status().state == "loading" and time.monotonic() < deadline:
         time.sleep(0.05)
     return demo
+
+
+@contextmanager
+def demo_with(checkpoint: Path, wrap: Callable = lambda engine: engine, **flags) -> Iterator:
+    """The demo of `checkpoint` with `flags` (Settings fields) on a free port, its engine
+    wrapped by `wrap` (a recording or scripting one): yields (url, the wrapped engine)."""
+    from app.config import Settings
+    from app.engine.local import LocalEngine
+    from tests.conftest import free_port
+
+    flags = {"cpu_only": True, "server_port": free_port(), **flags}
+    settings = Settings(checkpoint_path=str(checkpoint), **flags)
+    engine = wrap(LocalEngine(settings).start(background=False))
+    demo = launch_demo(engine, settings)
+    try:
+        yield f"http://127.0.0.1:{settings.server_port}/", engine
+    finally:
+        demo.close()
 
 
 def scripted_checkpoint(

@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.config import Settings
 from app.messages import media_of
-from tests.browser import browser_page, launch_demo, screenshot, send, wait_answers, wait_ready
-from tests.conftest import Recording, free_port
+from tests.browser import (
+    browser_page,
+    demo_with,
+    screenshot,
+    send,
+    wait_answers,
+    wait_ready,
+)
+from tests.conftest import Recording
 
 pytestmark = pytest.mark.browser
 LIKE, DISLIKE = "[aria-label=Like]:visible", "[aria-label=Dislike]:visible"
@@ -60,19 +66,8 @@ FILL = re.compile(r"fill ([\d,]+) of ([\d,]+) tokens")
 @pytest.fixture(scope="module")
 def small_context_app(tiny_checkpoint):
     """A demo whose context (--max-context 700) a 640×480 picture and its answer nearly fill."""
-    from app.engine.local import LocalEngine
-
-    settings = Settings(
-        checkpoint_path=str(tiny_checkpoint),
-        cpu_only=True,
-        server_port=free_port(),
-        max_context=700,
-        max_new_tokens=8,
-    )
-    engine = Recording(LocalEngine(settings).start(background=False))
-    demo = launch_demo(engine, settings)
-    yield f"http://127.0.0.1:{settings.server_port}/", engine
-    demo.close()
+    with demo_with(tiny_checkpoint, Recording, max_context=700, max_new_tokens=8) as served:
+        yield served
 
 
 def picture(folder: Path, name: str, size: tuple[int, int]) -> Path:

@@ -16,6 +16,8 @@ from app.engine import QWEN2_FORMAT
 from app.media import Document, MediaLimits, prepare
 from app.messages import attach_media, media_of, page_label
 from app.transcript import export_transcript, import_transcript
+from tests.browser import demo_with
+from tests.conftest import Recording
 from tests.test_pdf import THREE_PAGES, pdf_bytes
 
 # Five pages: the three of test_pdf (red, green, blue on white), then two more.
@@ -85,21 +87,8 @@ def test_an_earlier_turns_document_keeps_the_pages_it_was_sent_with(client, app,
 @pytest.fixture(scope="module")
 def small_app(tiny_checkpoint):
     """A demo with a 2000-token context: two or three of the report's pages fit."""
-    from app.config import Settings
-    from app.engine.local import LocalEngine
-    from tests.browser import launch_demo
-    from tests.conftest import Recording, free_port
-
-    settings = Settings(
-        checkpoint_path=str(tiny_checkpoint),
-        cpu_only=True,
-        server_port=free_port(),
-        max_context=2000,
-    )
-    engine = Recording(LocalEngine(settings).start(background=False))
-    demo = launch_demo(engine, settings)
-    yield Client(f"http://127.0.0.1:{settings.server_port}/", verbose=False), engine
-    demo.close()
+    with demo_with(tiny_checkpoint, Recording, max_context=2000) as (url, engine):
+        yield Client(url, verbose=False), engine
 
 
 def test_pages_beyond_the_budget_are_left_out_with_a_notice(small_app, report):

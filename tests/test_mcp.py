@@ -34,8 +34,8 @@ from app.config import Settings
 from app.engine import Delta
 from app.messages import media_of
 from app.requestlog import anonymous_id
-from app.ui import build_demo
-from tests.conftest import Recording, free_port
+from tests.browser import demo_with
+from tests.conftest import Recording
 from tests.test_pdf import THREE_PAGES, pdf_bytes
 from tests.test_security import (
     SECRET,
@@ -70,21 +70,9 @@ class Scripted(Recording):
 @pytest.fixture(scope="module")
 def mcp_app(tiny_checkpoint):
     """The demo with --mcp on a free port: (url, the scripted engine)."""
-    from app.engine.local import LocalEngine
-
-    settings = Settings(
-        checkpoint_path=str(tiny_checkpoint),
-        cpu_only=True,
-        server_port=free_port(),
-        max_new_tokens=8,
-        max_upload_mb=UPLOAD_MB,
-        mcp=True,
-    )
-    engine = LocalEngine(settings).start(background=False)
-    scripted = Scripted(engine)
-    demo = serve(build_demo(scripted, settings), engine, settings, block=False)
-    yield f"http://127.0.0.1:{settings.server_port}/", scripted
-    demo.close()
+    flags = {"max_new_tokens": 8, "max_upload_mb": UPLOAD_MB, "mcp": True}
+    with demo_with(tiny_checkpoint, Scripted, **flags) as served:
+        yield served
 
 
 def with_session(
