@@ -3,7 +3,6 @@ pages beyond the budget left out with a notice, refusals naming the file, export
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from app.messages import attach_media, media_of, page_label
 from app.transcript import export_transcript, import_transcript
 from tests.browser import demo_with
 from tests.conftest import Recording
-from tests.test_pdf import THREE_PAGES, pdf_bytes
+from tests.test_pdf import THREE_PAGES, encrypted, pdf_bytes
 
 # Five pages: the three of test_pdf (red, green, blue on white), then two more.
 FIVE_PAGES = THREE_PAGES + THREE_PAGES[:2]
@@ -158,11 +157,8 @@ def test_a_bad_pdf_gets_a_message_naming_it(client, tmp_path, name, data, says):
 
 
 def test_a_password_protected_pdf_gets_a_message_naming_it(client, tmp_path):
-    pypdf = pytest.importorskip("pypdf")
-    writer = pypdf.PdfWriter(clone_from=io.BytesIO(pdf_bytes(THREE_PAGES)))
-    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
     path = tmp_path / "secret.pdf"
-    writer.write(path)
+    path.write_bytes(encrypted("secret"))
     with pytest.raises(AppError, match="protected by a password") as refused:
         ask(client, [path])
     assert "secret.pdf" in str(refused.value)

@@ -197,22 +197,22 @@ def _nested_forms(depth: int, width: int) -> bytes:
 # --- refusals ----------------------------------------------------------------------------------
 
 
-def test_a_password_protected_pdf_is_refused(tmp_path: Path) -> None:
+def encrypted(user_password: str) -> bytes:
+    """The three-page PDF encrypted (RC4) with `user_password` and an owner password."""
     pypdf = pytest.importorskip("pypdf", reason=_NO_PYPDF)
     writer = pypdf.PdfWriter(clone_from=io.BytesIO(pdf_bytes(THREE_PAGES)))
-    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
+    writer.encrypt(user_password=user_password, owner_password="owner", algorithm="RC4-128")
     buffer = io.BytesIO()
     writer.write(buffer)
-    assert "protected by a password" in refusal(write(tmp_path, buffer.getvalue()))
+    return buffer.getvalue()
+
+
+def test_a_password_protected_pdf_is_refused(tmp_path: Path) -> None:
+    assert "protected by a password" in refusal(write(tmp_path, encrypted("secret")))
 
 
 def test_a_pdf_with_only_an_owner_password_opens(tmp_path: Path) -> None:
-    pypdf = pytest.importorskip("pypdf", reason=_NO_PYPDF)
-    writer = pypdf.PdfWriter(clone_from=io.BytesIO(pdf_bytes(THREE_PAGES)))
-    writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    assert pdf.pdf_header(write(tmp_path, buffer.getvalue()), NAME, LIMITS).pages == 3
+    assert pdf.pdf_header(write(tmp_path, encrypted("")), NAME, LIMITS).pages == 3
 
 
 @pytest.mark.parametrize(
