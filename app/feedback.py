@@ -26,6 +26,7 @@ from app.errors import UserFacingError
 from app.requestlog import LOGGER, anonymous_id, client_scope
 
 CAPACITY = 4096  # the most recent answers that can still be rated
+PER_CLIENT = 256  # of them, one client's: its many answers cannot push out the others'
 MAX_CHANGES = 8  # rating changes logged per answer (like, undo, dislike, ...)
 RATINGS = {True: "up", False: "down", "": "none"}  # LikeData.liked → the logged word
 UNKNOWN = (
@@ -46,8 +47,8 @@ class _Rated:
 class Ratings:
     """The answers that can be rated: request id → who asked it, the answer and its rating."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int = CAPACITY, per_client: int = PER_CLIENT) -> None:
+        self.capacity, self.per_client = capacity, per_client
         self._rated: OrderedDict[str, _Rated] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -57,6 +58,9 @@ class Ratings:
             rated = self._rated.setdefault(request_id, _Rated(scope))
             rated.answer = answer if rated.scope == scope else rated.answer
             self._rated.move_to_end(request_id)
+            mine = [rid for rid, rated in self._rated.items() if rated.scope == scope]
+            for oldest in mine[: max(0, len(mine) - self.per_client)]:
+                del self._rated[oldest]
             while len(self._rated) > self.capacity:
                 self._rated.popitem(last=False)
 

@@ -62,6 +62,17 @@ def test_ratings_of_unknown_or_foreign_answers_are_refused():
         ratings.rate("bbbbbbbbbbbb", client_scope(CLIENT), "up")
 
 
+def test_one_clients_many_answers_never_push_out_anothers():
+    ratings = Ratings(capacity=10, per_client=3)
+    ratings.issue("bbbbbbbbbbbb", "other")
+    for n in range(50):  # one client asks again and again
+        ratings.issue(f"{n:012d}", "busy")
+    assert ratings.rate("bbbbbbbbbbbb", "other", "up") is not None, "still ratable"
+    assert ratings.rate("000000000049", "busy", "up") is not None, "the newest of the busy one"
+    with pytest.raises(UserFacingError):
+        ratings.rate("000000000046", "busy", "up")  # beyond its own three
+
+
 def test_a_client_cannot_write_unbounded_lines():
     ratings = Ratings()
     ratings.issue("bbbbbbbbbbbb", "x")
