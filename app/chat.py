@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,7 +25,8 @@ from app.engine import ChatRequest, Delta, Engine
 from app.errors import UserFacingError
 from app.feedback import Ratings
 from app.grounding import Grounding, display_text, drawing, locate
-from app.media import Document, Media, prepare
+from app.lru import Lru
+from app.media import Document, Media, by_document, prepare
 from app.messages import (
     REASONING_ICON,
     attach_media,
@@ -118,13 +117,10 @@ def left_out_notice(turns: int, max_context: int) -> dict[str, Any]:
 
 def pages_left_out_notice(pages: Sequence[Media]) -> dict[str, Any]:
     """Shown before an answer for which a document's last pages did not fit."""
-    documents: list[tuple[str, list[int]]] = []  # a new entry where another document starts
-    for page in pages:
-        number = page.page or 0
-        if not documents or documents[-1][0] != page.name or documents[-1][1][-1] >= number:
-            documents.append((page.name, []))
-        documents[-1][1].append(number)
-    named = "; ".join(f"{page_ranges(numbers)} of {name}" for name, numbers in documents)
+    named = "; ".join(
+        f"{page_ranges([page.page or 0 for page in document])} of {document[0].name}"
+        for document in by_document(pages)
+    )
     return notice(
         f"📄 Left out: {named}",
         "They do not fit in the model's context with the rest of this message, so the model "
@@ -173,28 +169,20 @@ class Answers:
     """
 
     def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
-        self._raw: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._raw = Lru(capacity)  # (client, shown text) -> the model's own text
 
     def keep(self, scope: str, shown: str, raw: str) -> None:
-        if not scope or shown == raw:
-            return
-        with self._lock:
-            self._raw[(scope, shown)] = raw
-            self._raw.move_to_end((scope, shown))
-            while len(self._raw) > self.capacity:
-                self._raw.popitem(last=False)
+        if scope and shown != raw:
+            self._raw.put((scope, shown), raw)
 
     def restore(self, scope: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The messages with each assistant text the model's own, where it is known."""
-        with self._lock:
-            return [
-                {**m, "content": self._raw.get((scope, m["content"]), m["content"])}
-                if m["role"] == "assistant" and isinstance(m["content"], str)
-                else m
-                for m in messages
-            ]
+        return [
+            {**m, "content": self._raw.get((scope, m["content"]), m["content"])}
+            if m["role"] == "assistant" and isinstance(m["content"], str)
+            else m
+            for m in messages
+        ]
 
 
 class PageChoices:
@@ -208,20 +196,13 @@ class PageChoices:
     """
 
     def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
-        self._chosen: OrderedDict[tuple[str, str, int], str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._chosen = Lru(capacity)  # (client, upload path, user turn) -> 'PDF pages'
 
     def keep(self, scope: str, path: str, turn: int, pages: str) -> None:
-        with self._lock:
-            self._chosen[(scope, path, turn)] = pages
-            self._chosen.move_to_end((scope, path, turn))
-            while len(self._chosen) > self.capacity:
-                self._chosen.popitem(last=False)
+        self._chosen.put((scope, path, turn), pages)
 
     def chosen(self, scope: str, path: str, turn: int) -> str:
-        with self._lock:
-            return self._chosen.get((scope, path, turn), "")
+        return str(self._chosen.get((scope, path, turn), ""))
 
 
 @dataclass

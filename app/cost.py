@@ -17,7 +17,7 @@ from app.chat import Shared, build_request, pages_left_out_notice
 from app.config import Settings
 from app.engine import Engine
 from app.errors import UserFacingError
-from app.media import Media
+from app.media import Media, by_document
 from app.messages import media_of, user_message_parts
 from app.options import chat_options
 
@@ -39,7 +39,7 @@ class CostPreview:
     def markdown(self) -> str:
         if self.problem:
             return f"⚠️ {self.problem}"
-        files = " · ".join(_costs(self.files))
+        files = " · ".join(_cost(items) for items in by_document(self.files))
         used = self.prompt_tokens + self.answer_tokens
         share = round(100 * used / self.max_context) if self.max_context else 0
         fill = (
@@ -91,15 +91,8 @@ def preview_turn(
     )
 
 
-def _costs(media: Sequence[Media]) -> list[str]:
-    """Each file's cost; a document's pages summed under its name."""
-    files: dict[str | int, list[Media]] = {}
-    for index, item in enumerate(media):
-        files.setdefault(index if item.page is None else item.name, []).append(item)
-    return [_cost(items) for items in files.values()]
-
-
 def _cost(items: Sequence[Media]) -> str:
+    """One file's cost; a document's pages summed under its name."""
     first, tokens = items[0], sum(item.tokens for item in items)
     if first.page is not None:
         count = f"{len(items)} page{'s' if len(items) > 1 else ''}"

@@ -18,6 +18,7 @@ from app.budget import (
     turns_to_leave_out,
 )
 from app.chat import pages_left_out_notice
+from app.cost import CostPreview
 from app.engine import QWEN2_FORMAT
 from app.errors import UserFacingError
 from app.media import QWEN2_VL, MediaLimits, prepare
@@ -227,6 +228,7 @@ class Page:
     page: int
     tokens: int = 10
     kind: str = "image"
+    path: str = "upload/p.pdf"
 
 
 def test_many_pages_are_trimmed_by_bisection_to_the_most_that_fit():
@@ -256,3 +258,12 @@ def test_the_notice_names_each_document_apart_even_with_one_name():
     pages = [Page("p.pdf", n) for n in (3, 4, 5)] + [Page("p.pdf", n) for n in (1, 2)]
     title = pages_left_out_notice(pages)["metadata"]["title"]
     assert title == "📄 Left out: pages 3–5 of p.pdf; pages 1–2 of p.pdf"
+    other = [Page("p.pdf", 3), Page("p.pdf", 4, path="upload/other/p.pdf")]  # another file
+    title = pages_left_out_notice(other)["metadata"]["title"]
+    assert title == "📄 Left out: page 3 of p.pdf; page 4 of p.pdf"
+
+
+def test_the_cost_preview_lists_each_document_apart_even_with_one_name():
+    pages = [Page("p.pdf", n) for n in (1, 2)] + [Page("p.pdf", n, path="b/p.pdf") for n in (1, 2)]
+    shown = CostPreview(files=tuple(pages), max_context=100).markdown()
+    assert shown.count("📄 p.pdf: 2 pages, 20 visual tokens") == 2

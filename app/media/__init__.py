@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from app.errors import UserFacingError
+from app.lru import Lru
 from app.media.images import (
     ImageHeader,
     ImageInput,
@@ -82,6 +82,7 @@ __all__ = [
     "Media",
     "MediaLimits",
     "VideoInput",
+    "by_document",
     "decode_all",
     "load_media",
     "prepare",
@@ -206,6 +207,27 @@ def _document(
     return Document(name, tuple(pages), header.pages)
 
 
+def by_document(media: Sequence[Media]) -> list[list[Media]]:
+    """The media in order, each document's consecutive pages together and every other item
+    alone. A document ends where the file or the page order changes (the same PDF attached
+    twice is two documents)."""
+    groups: list[list[Media]] = []
+    for item in media:
+        last = groups[-1][-1] if groups else None
+        same = (
+            last is not None
+            and item.page is not None
+            and last.page is not None
+            and last.path == item.path
+            and last.page < item.page
+        )
+        if same:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 def decode_all(media: Sequence[Media]) -> list[Decoded]:
     """The pixels of each media object, as `Media.decode()`; the uncached pages of one document
     are rendered together (one child process, not one per page)."""
@@ -263,7 +285,7 @@ def _header(path: Path, name: str, limits: MediaLimits) -> tuple[str, Kind, Head
     cached = _headers.get(key)
     if cached is None:
         cached = _read_header(path, name, limits)
-        _headers.put(key, cached, 1)
+        _headers.put(key, cached)
     return cached
 
 
@@ -343,43 +365,8 @@ def _decoded_bytes(decoded: Decoded) -> int:
     return sum(image.width * image.height * len(image.getbands()) for image in unique)
 
 
-class _Cache:
-    """A thread-safe LRU dict bounded by the summed size of its values."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.size = 0
-        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def put(self, key: Any, value: Any, size: int) -> None:
-        if size > self.capacity:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            self.size -= old[1] if old else 0
-            self._items[key] = (value, size)
-            self.size += size
-            while self.size > self.capacity:
-                _, (_, dropped) = self._items.popitem(last=False)
-                self.size -= dropped
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.size = 0
-
-
-_headers = _Cache(HEADER_CACHE_ENTRIES)
-_decoded = _Cache(DECODED_CACHE_BYTES)
+_headers = Lru(HEADER_CACHE_ENTRIES)
+_decoded = Lru(DECODED_CACHE_BYTES)
 _decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
