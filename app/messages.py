@@ -228,21 +228,19 @@ def attach_media(
             attached.append(dict(message))
             continue
         current = index == len(messages) - 1
-
-        def opened(path: str) -> Any:
-            return open_file(path, turn, current)  # noqa: B023 (called within this iteration)
-
-        parts = [part for raw in content for part in _open(raw, opened, current)]
+        parts = [part for raw in content for part in _open(raw, open_file, turn, current)]
         if parts:
             attached.append({**message, "content": parts})
     return attached
 
 
-def _open(part: dict[str, Any], open_file: Callable[[str], Any], current: bool) -> list[dict]:
+def _open(
+    part: dict[str, Any], open_file: Callable[[str, int, bool], Any], turn: int, current: bool
+) -> list[dict]:
     if part.get("type") != "file":
         return [part]
     try:
-        media = open_file(part["path"])
+        media = open_file(part["path"], turn, current)
     except UserFacingError:
         if current:
             raise
