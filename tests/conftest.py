@@ -156,3 +156,11 @@ def app(tiny_checkpoint):
     assert engine.status().state == "ready", engine.status()
     yield f"http://127.0.0.1:{settings.server_port}/", recording
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    """A gradio_client Client of the `app` demo (module-scoped: each module's own sessions)."""
+    from gradio_client import Client
+
+    return Client(app[0], verbose=False)

@@ -6,16 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from app.messages import media_of
-
-
-@pytest.fixture(scope="module")
-def client(app) -> Client:
-    return Client(app[0], verbose=False)
 
 
 @pytest.fixture(scope="module")

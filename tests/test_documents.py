@@ -24,11 +24,6 @@ FIVE_PAGES = THREE_PAGES + THREE_PAGES[:2]
 
 
 @pytest.fixture(scope="module")
-def client(app) -> Client:
-    return Client(app[0], verbose=False)
-
-
-@pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("documents") / "report.pdf"
     path.write_bytes(pdf_bytes(FIVE_PAGES))

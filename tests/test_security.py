@@ -242,11 +242,6 @@ def test_the_trust_rule_resolves_links_and_dot_dot(secrets, tmp_path):
 # --- the /chat API: clear messages, both history forms, grounding data ------------------------
 
 
-@pytest.fixture(scope="module")
-def client(app) -> Client:
-    return Client(app[0], verbose=False)
-
-
 def test_chat_accepts_the_plain_history_form(client, app):
     history = [
         {"role": "user", "content": "Hello there"},

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 import pytest
-from gradio_client import Client
 from PIL import Image
 
 from app.config import Settings
@@ -30,11 +29,6 @@ from app.ui import (
     import_conversation,
     render_chat,
 )
-
-
-@pytest.fixture(scope="module")
-def client(app) -> Client:
-    return Client(app[0], verbose=False)
 
 
 def stub_engine(state: str = "ready") -> SimpleNamespace:

@@ -38,11 +38,6 @@ def one_token_generated(details: tuple[dict, str | None]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def client(app) -> Client:
-    return Client(app[0], verbose=False)
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     return make_corpus(tmp_path_factory.mktemp("corpus"))
 
